@@ -1,0 +1,8 @@
+//! wgkeep: keeps the NAT entries WireGuard depends on in their long-lived state.
+//!
+//! - [`keeper`]: the sans-IO policy (when a follow-up packet is due, which PersistentKeepalive a
+//!   NAT can sustain);
+//! - [`lab`]: two boringtun peers through the conntrack model, in virtual time.
+
+pub mod keeper;
+pub mod lab;
