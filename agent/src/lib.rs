@@ -4,5 +4,7 @@
 //!   NAT can sustain);
 //! - [`lab`]: two boringtun peers through the conntrack model, in virtual time.
 
+pub mod clock;
 pub mod keeper;
 pub mod lab;
+pub mod wg;

@@ -1,0 +1,1 @@
+//! Kernel WireGuard over generic netlink. (Being written.)

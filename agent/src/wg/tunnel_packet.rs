@@ -1,0 +1,1 @@
+//! The tunnel-packet follow-up. (Being written.)

@@ -1,0 +1,1 @@
+//! Userspace WireGuard over its UAPI socket (`/var/run/wireguard/NAME.sock`). (Being written.)
