@@ -5,11 +5,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wgkeep_probe::middlebox::{Overrides, Profile, ProfileName};
 
-use crate_keeper::Side;
-
-// The binary re-exports the library's modules under these names.
-use wgkeep_agent::keeper as crate_keeper;
+use wgkeep_agent::driver::{AgentConfig, Method, Mode, SideChoice};
+use wgkeep_agent::keeper::Side;
 use wgkeep_agent::lab::{KeeperRuns, LabConfig};
+use wgkeep_agent::probe_json;
 
 /// Keeps the NAT entries WireGuard depends on alive, from the endpoint.
 #[derive(Debug, Parser)]
@@ -33,7 +32,22 @@ pub enum Command {
     /// Simulate two WireGuard peers (boringtun) through a NAT, without and with wgkeep.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
+    /// Run beside wg-quick: follow up every handshake so the NAT entry reaches stream state.
+    #[command(after_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
 }
+
+const AGENT_EXAMPLES: &str = "\
+Examples:
+  wgkeep agent --interface wg0                          # client or server, Linux NAT rules
+  wgkeep agent --interface wg0 --nat-profile routeros   # the NAT is a MikroTik
+  wgkeep agent --interface wg0 --mode adapt --nat-profile routeros
+                                                        # also PersistentKeepalive 150 -> 144
+  wgkeep agent --interface wg0 --mode observe -v        # metrics and logs only
+
+Needs CAP_NET_ADMIN (plus CAP_NET_RAW for --follow-up-method tunnel-packet). The agent may start
+before the interface exists and survives `wg-quick down`/`up`. On SIGTERM/SIGINT it restores
+every PersistentKeepalive it changed; after a crash, the next start restores them.";
 
 const LAB_EXAMPLES: &str = "\
 Examples:
@@ -125,6 +139,198 @@ pub struct LabArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Metrics only; never writes.
+    Observe,
+    /// Follow-ups only; never changes a setting.
+    FollowUp,
+    /// Follow-ups, and PersistentKeepalive of every peer that has one set to floor(0.8 × stream timeout).
+    Adapt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// keepalive-toggle on kernel and wireguard-go, tunnel-packet on boringtun.
+    Auto,
+    /// PersistentKeepalive 0 and back (or 1 and back) in one set transaction: WireGuard sends a keepalive.
+    KeepaliveToggle,
+    /// A small datagram into the tunnel, to an address in the peer's AllowedIPs (discard port).
+    TunnelPacket,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgentSideArg {
+    /// Per peer: with a PersistentKeepalive we are behind the NAT, without we are the server.
+    Auto,
+    /// This host is behind the NAT.
+    Client,
+    /// This host is the far side; its peers are behind NATs.
+    Server,
+}
+
+/// The NAT an agent assumes: a profile, timeouts, or a probe's measurement.
+#[derive(Debug, Args)]
+pub struct AgentNatArgs {
+    /// NAT profile: linux (30 s / 120 s), routeros (10 s / 180 s), openwrt (60 s / 180 s). Default: Linux rules.
+    #[arg(long, value_name = "NAME", value_parser = parse_profile_name, conflicts_with = "timeouts_from")]
+    pub nat_profile: Option<ProfileName>,
+    /// The NAT's unreplied timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "timeouts_from")]
+    pub udp_timeout: Option<Duration>,
+    /// The NAT's stream timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "timeouts_from")]
+    pub udp_stream_timeout: Option<Duration>,
+    /// The NAT's grace period (2 s in every Linux kernel).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "timeouts_from")]
+    pub grace: Option<Duration>,
+    /// Timeouts measured by `wgkeep probe --json`.
+    #[arg(long, value_name = "FILE")]
+    pub timeouts_from: Option<std::path::PathBuf>,
+}
+
+impl AgentNatArgs {
+    /// The profile.
+    pub fn profile(&self) -> Result<Profile, String> {
+        if let Some(path) = &self.timeouts_from {
+            return probe_json::profile_from_file(path);
+        }
+        let overrides = Overrides {
+            unreplied: self.udp_timeout,
+            stream: self.udp_stream_timeout,
+            grace: self.grace,
+        };
+        let name = self.nat_profile.unwrap_or(ProfileName::Linux);
+        if name == ProfileName::Pf {
+            return Err(
+                "--nat-profile pf: pf has no stream state that a follow-up could reach; lower PersistentKeepalive \
+                 below 30 s instead (see `wgkeep lab --profile pf`)"
+                    .into(),
+            );
+        }
+        if name == ProfileName::Custom && overrides.is_empty() {
+            return Err("--nat-profile custom needs --udp-timeout and --udp-stream-timeout".into());
+        }
+        Profile::build(name, overrides).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// WireGuard interface to keep (repeat for several). It need not exist yet.
+    #[arg(long = "interface", short = 'i', value_name = "NAME", required = true, value_parser = parse_interface)]
+    pub interfaces: Vec<String>,
+    /// observe: metrics only; follow-up: kicks only; adapt: kicks and PersistentKeepalive = floor(0.8 × stream timeout).
+    #[arg(long, value_enum, default_value = "follow-up")]
+    pub mode: ModeArg,
+    /// Delay of the follow-up after each handshake (must exceed the NAT's grace period).
+    #[arg(long, value_name = "DURATION", default_value = "2.5s", value_parser = parse_duration)]
+    pub follow_up_delay: Duration,
+    /// How often to read the interfaces.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    #[command(flatten)]
+    pub nat: AgentNatArgs,
+    /// How to make WireGuard send the follow-up.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub follow_up_method: MethodArg,
+    /// Which side of the NAT this host is on.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub side: AgentSideArg,
+    /// Where to serve /metrics and /healthz (`none` to disable).
+    #[arg(long, value_name = "ADDR:PORT|none", default_value = "127.0.0.1:9588", value_parser = parse_listen)]
+    pub metrics_listen: ListenArg,
+    /// Where to record the PersistentKeepalive values adapt mode changed.
+    #[arg(long, value_name = "DIR", default_value = "/run/wgkeep")]
+    pub state_dir: std::path::PathBuf,
+    /// More logging (-v: one line per handshake and follow-up; -vv: everything).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `--metrics-listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenArg(pub Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<ListenArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(ListenArg(None));
+    }
+    s.parse()
+        .map(|a| ListenArg(Some(a)))
+        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 127.0.0.1:9588, [::1]:9588) or `none`"))
+}
+
+fn parse_interface(s: &str) -> Result<String, String> {
+    // IFNAMSIZ is 16 with the terminating NUL; no slashes, spaces or dots-only names.
+    if s.is_empty() || s.len() > 15 || s == "." || s == ".." || s.contains(['/', ' ', ':', '\0']) {
+        return Err(format!(
+            "`{s}` is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+impl AgentArgs {
+    /// Check the combination and build the agent's configuration.
+    pub fn config(&self) -> Result<AgentConfig, String> {
+        let profile = self.nat.profile()?;
+        let grace = profile
+            .rules
+            .conntrack()
+            .map_or(Duration::ZERO, |t| t.grace);
+        if self.follow_up_delay <= grace {
+            return Err(format!(
+                "--follow-up-delay {} must be longer than the NAT's grace period {} (a packet at or before it does not promote)",
+                humantime::format_duration(self.follow_up_delay),
+                humantime::format_duration(grace)
+            ));
+        }
+        if self.follow_up_delay >= profile.rules.initial_timeout() {
+            return Err(format!(
+                "--follow-up-delay {} must be shorter than the NAT's unreplied timeout {}",
+                humantime::format_duration(self.follow_up_delay),
+                humantime::format_duration(profile.rules.initial_timeout())
+            ));
+        }
+        if self.poll_interval < Duration::from_millis(100)
+            || self.poll_interval > Duration::from_secs(60)
+        {
+            return Err("--poll-interval must be between 100ms and 60s".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for i in &self.interfaces {
+            if !seen.insert(i) {
+                return Err(format!("--interface {i} is given twice"));
+            }
+        }
+        Ok(AgentConfig {
+            interfaces: self.interfaces.clone(),
+            mode: match self.mode {
+                ModeArg::Observe => Mode::Observe,
+                ModeArg::FollowUp => Mode::FollowUp,
+                ModeArg::Adapt => Mode::Adapt,
+            },
+            follow_up_delay: self.follow_up_delay,
+            poll_interval: self.poll_interval,
+            rules: profile.rules,
+            method: match self.follow_up_method {
+                MethodArg::Auto => Method::Auto,
+                MethodArg::KeepaliveToggle => Method::KeepaliveToggle,
+                MethodArg::TunnelPacket => Method::TunnelPacket,
+            },
+            side: match self.side {
+                AgentSideArg::Auto => SideChoice::Auto,
+                AgentSideArg::Client => SideChoice::Client,
+                AgentSideArg::Server => SideChoice::Server,
+            },
+            metrics_listen: self.metrics_listen.0,
+            state_dir: self.state_dir.clone(),
+            device_timeout: Duration::from_secs(2),
+        })
+    }
 }
 
 /// A PersistentKeepalive value from the command line.
@@ -230,7 +436,73 @@ mod tests {
     fn pf_with_conntrack_overrides_is_refused() {
         let cli =
             Cli::try_parse_from(["wgkeep", "lab", "--profile", "pf", "--grace", "1s"]).unwrap();
-        let Command::Lab(args) = cli.command;
+        let Command::Lab(args) = cli.command else {
+            panic!("lab")
+        };
         assert!(args.config().unwrap_err().contains("pf"));
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::*;
+
+    fn agent(args: &[&str]) -> Result<AgentConfig, String> {
+        let mut v = vec!["wgkeep", "agent"];
+        v.extend_from_slice(args);
+        let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+        let Command::Agent(a) = cli.command else {
+            panic!()
+        };
+        a.config()
+    }
+
+    #[test]
+    fn defaults_are_linux_follow_up() {
+        let c = agent(&["-i", "wg0"]).unwrap();
+        assert_eq!(c.mode, Mode::FollowUp);
+        assert_eq!(c.follow_up_delay, Duration::from_millis(2500));
+        assert_eq!(c.rules, Profile::linux().rules);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9588".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_combinations() {
+        assert!(agent(&[]).is_err());
+        assert!(agent(&["-i", "wg0", "--follow-up-delay", "2s"])
+            .unwrap_err()
+            .contains("grace"));
+        assert!(agent(&["-i", "wg0", "-i", "wg0"])
+            .unwrap_err()
+            .contains("twice"));
+        assert!(agent(&["-i", "a/b"])
+            .unwrap_err()
+            .contains("interface name"));
+        assert!(agent(&["-i", "wg0", "--nat-profile", "pf"])
+            .unwrap_err()
+            .contains("pf"));
+        assert!(agent(&["-i", "wg0", "--metrics-listen", "localhost"])
+            .unwrap_err()
+            .contains("ADDR:PORT"));
+        assert!(agent(&[
+            "-i",
+            "wg0",
+            "--nat-profile",
+            "routeros",
+            "--timeouts-from",
+            "x.json"
+        ])
+        .is_err());
+        let c = agent(&[
+            "-i",
+            "wg0",
+            "--nat-profile",
+            "routeros",
+            "--metrics-listen",
+            "none",
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.rules, Profile::routeros().rules);
     }
 }

@@ -238,7 +238,9 @@ impl Keeper {
 
     /// The peer sent or received one packet at `now`.
     pub fn observe(&mut self, now: Time, traffic: Traffic) {
-        self.last_seen = Some(self.last_seen.map_or(now, |t| t.max(now)));
+        // Observations from counters can arrive slightly out of order: never go backwards.
+        let now = self.last_seen.map_or(now, |t| t.max(now));
+        self.last_seen = Some(now);
         let dir = self.cfg.side.direction(traffic);
         match self.estimate.as_mut().filter(|e| e.is_alive(now)) {
             Some(entry) => {

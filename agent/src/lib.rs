@@ -5,6 +5,11 @@
 //! - [`lab`]: two boringtun peers through the conntrack model, in virtual time.
 
 pub mod clock;
+pub mod driver;
 pub mod keeper;
 pub mod lab;
+pub mod metrics;
+pub mod probe_json;
+pub mod state;
+pub mod tracker;
 pub mod wg;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{error::ErrorKind, CommandFactory, Parser};
 
 use cli::{Cli, Command};
-use wgkeep_agent::lab;
+use wgkeep_agent::{driver, lab};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,6 +49,47 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             }
             .context("writing the report to stdout")?;
         }
+        Command::Agent(args) => {
+            let config = args.config().unwrap_or_else(|e| usage_error("agent", e));
+            init_logging(args.verbose);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let metrics = std::sync::Arc::new(wgkeep_agent::metrics::Metrics::new());
+                let signals = tokio::spawn(driver::stop_on_signal(stop_tx));
+                let connector = std::sync::Arc::new(driver::SystemConnector);
+                let result = driver::run(config, connector, metrics, stop_rx).await;
+                signals.abort();
+                result
+            })?;
+        }
     }
     Ok(())
+}
+
+/// Logs to stderr: plain lines without colours or timestamps under systemd (journald adds its
+/// own), with timestamps on a terminal. `RUST_LOG` overrides the level.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("wgkeep={level},wgkeep_agent={level}")));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }

@@ -1,0 +1,610 @@
+//! One interface: attach, poll, feed the trackers, send follow-ups, adapt, restore.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use super::{AgentConfig, Connector, Device, Method, Mode, SideChoice};
+use crate::clock::{wall_now, Clock};
+use crate::keeper::{keepalive_advice, Action, FollowUpReason, KeeperConfig, KeeperEvent, Side};
+use crate::metrics::Metrics;
+use crate::state::{Change, Saved, StateDir};
+use crate::tracker::{PeerTracker, TrackerEvent};
+use crate::wg::{tunnel_packet, AllowedIp, DeviceInfo, Implementation, Key, WgError};
+
+struct Peer {
+    tracker: PeerTracker,
+    label: String,
+    keepalive: Option<u16>,
+    allowed_ips: Vec<AllowedIp>,
+}
+
+/// A follow-up to send.
+struct Job {
+    key: Key,
+    reason: FollowUpReason,
+    method: Method,
+    keepalive: Option<u16>,
+    target: Option<std::net::SocketAddr>,
+}
+
+pub(super) struct IfaceTask {
+    name: String,
+    cfg: Arc<AgentConfig>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    connector: Arc<dyn Connector>,
+    state: StateDir,
+    device: Option<Arc<Mutex<Box<dyn Device>>>>,
+    implementation: Option<Implementation>,
+    peers: HashMap<Key, Peer>,
+    /// adapt mode's changes in force (mirrors the state file).
+    saved: Saved,
+    /// A state file may be waiting to be restored (checked on each attach).
+    restore_pending: bool,
+    waiting_logged: bool,
+    last_error: Option<String>,
+    warned: HashSet<&'static str>,
+}
+
+impl IfaceTask {
+    pub(super) fn new(
+        name: String,
+        cfg: Arc<AgentConfig>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        connector: Arc<dyn Connector>,
+        state: StateDir,
+    ) -> IfaceTask {
+        metrics.interface_up.with_label_values(&[&name]).set(0);
+        IfaceTask {
+            saved: Saved {
+                interface: name.clone(),
+                ..Saved::default()
+            },
+            name,
+            cfg,
+            metrics,
+            clock,
+            connector,
+            state,
+            device: None,
+            implementation: None,
+            peers: HashMap::new(),
+            restore_pending: true,
+            waiting_logged: false,
+            last_error: None,
+            warned: HashSet::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let deadline = self
+                .peers
+                .values()
+                .filter_map(|p| p.tracker.poll_timeout())
+                .min()
+                .map(|t| tokio::time::Instant::from_std(self.clock.instant(t)));
+            let timer = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                _ = timer => self.fire().await,
+                _ = tick.tick() => self.poll().await,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Run `f` on the device in the blocking pool. `None` when detached or the task panicked.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Device) -> T + Send + 'static,
+    ) -> Option<T> {
+        let dev = self.device.clone()?;
+        tokio::task::spawn_blocking(move || {
+            let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            f(d.as_mut())
+        })
+        .await
+        .ok()
+    }
+
+    fn warn_once(&mut self, what: &'static str, msg: String) {
+        if self.warned.insert(what) {
+            tracing::warn!("{}: {msg}", self.name);
+        } else {
+            tracing::debug!("{}: {msg}", self.name);
+        }
+    }
+
+    async fn attach(&mut self) -> bool {
+        let (connector, name, timeout) = (
+            self.connector.clone(),
+            self.name.clone(),
+            self.cfg.device_timeout,
+        );
+        let result = tokio::task::spawn_blocking(move || connector.connect(&name, timeout)).await;
+        match result {
+            Ok(Ok(device)) => {
+                let implementation = device.implementation();
+                tracing::info!("{}: attached ({})", self.name, implementation.as_str());
+                self.implementation = Some(implementation);
+                self.device = Some(Arc::new(Mutex::new(device)));
+                self.waiting_logged = false;
+                self.last_error = None;
+                self.restore_pending = true;
+                self.metrics
+                    .interface_up
+                    .with_label_values(&[&self.name])
+                    .set(1);
+                true
+            }
+            Ok(Err(WgError::NotFound(_))) => {
+                if !self.waiting_logged {
+                    tracing::info!("{}: waiting for the interface to appear", self.name);
+                    self.waiting_logged = true;
+                }
+                false
+            }
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                if self.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("{}: cannot attach: {msg}", self.name);
+                    self.last_error = Some(msg);
+                }
+                false
+            }
+            Err(e) => {
+                tracing::error!("{}: attach task failed: {e}", self.name);
+                false
+            }
+        }
+    }
+
+    fn detach(&mut self, why: &str) {
+        tracing::info!("{}: {why}; waiting for it to come back", self.name);
+        self.device = None;
+        self.implementation = None;
+        for (key, p) in self.peers.drain() {
+            let _ = key;
+            self.metrics.remove_peer(&self.name, &p.label);
+        }
+        self.metrics
+            .interface_up
+            .with_label_values(&[&self.name])
+            .set(0);
+        self.waiting_logged = true;
+    }
+
+    async fn poll(&mut self) {
+        if self.device.is_none() && !self.attach().await {
+            return;
+        }
+        match self.blocking(|d| d.get()).await {
+            Some(Ok(info)) => {
+                self.last_error = None;
+                if self.restore_pending {
+                    self.restore_pending = false;
+                    self.restore_leftovers(&info).await;
+                }
+                self.on_info(info).await;
+            }
+            Some(Err(WgError::NotFound(_))) => self.detach("interface is gone"),
+            Some(Err(e @ WgError::Timeout(..))) => {
+                self.warn_once("timeout", format!("{e}; will retry"));
+            }
+            Some(Err(e)) => {
+                tracing::warn!("{}: reading the interface failed: {e}", self.name);
+                self.detach("cannot read the interface");
+            }
+            None => {}
+        }
+        self.fire().await;
+    }
+
+    fn side_for(&self, keepalive: Option<u16>) -> Side {
+        match self.cfg.side {
+            SideChoice::Client => Side::Client,
+            SideChoice::Server => Side::Server,
+            SideChoice::Auto if keepalive.is_some() => Side::Client,
+            SideChoice::Auto => Side::Server,
+        }
+    }
+
+    async fn on_info(&mut self, info: DeviceInfo) {
+        let now = self.clock.now();
+        let wall = wall_now();
+        let mut present = HashSet::with_capacity(info.peers.len());
+        let mut added = 0usize;
+        for p in &info.peers {
+            present.insert(p.public_key);
+            let side = self.side_for(p.persistent_keepalive);
+            let keeper_cfg = KeeperConfig {
+                rules: self.cfg.rules,
+                side,
+                follow_up_delay: self.cfg.follow_up_delay,
+            };
+            let peer = self.peers.entry(p.public_key).or_insert_with(|| {
+                added += 1;
+                tracing::debug!("peer {} added ({} side)", p.public_key, side.as_str());
+                Peer {
+                    tracker: PeerTracker::new(keeper_cfg),
+                    label: p.public_key.to_base64(),
+                    keepalive: p.persistent_keepalive,
+                    allowed_ips: p.allowed_ips.clone(),
+                }
+            });
+            if peer.tracker.side() != side {
+                // PersistentKeepalive turned on or off: the auto side follows it.
+                tracing::debug!("peer {} is now on the {} side", p.public_key, side.as_str());
+                peer.tracker = PeerTracker::new(keeper_cfg);
+            }
+            peer.keepalive = p.persistent_keepalive;
+            if peer.allowed_ips != p.allowed_ips {
+                peer.allowed_ips = p.allowed_ips.clone();
+            }
+            peer.tracker.on_sample(now, wall, p);
+            let labels = [self.name.as_str(), peer.label.as_str()];
+            self.metrics
+                .persistent_keepalive
+                .with_label_values(&labels)
+                .set(i64::from(p.persistent_keepalive.unwrap_or(0)));
+            let hs = p
+                .last_handshake
+                .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            self.metrics
+                .last_handshake
+                .with_label_values(&labels)
+                .set(hs);
+        }
+        let before = self.peers.len();
+        let name = self.name.clone();
+        let metrics = self.metrics.clone();
+        self.peers.retain(|key, p| {
+            let keep = present.contains(key);
+            if !keep {
+                tracing::info!("{name}: peer {key} removed");
+                metrics.remove_peer(&name, &p.label);
+            }
+            keep
+        });
+        if added > 0 {
+            tracing::info!(
+                "{}: {added} peer(s) added, {} in all",
+                self.name,
+                self.peers.len()
+            );
+        }
+        let _ = before;
+        self.drain_tracker_events();
+        if self.cfg.mode == Mode::Adapt {
+            self.adapt().await;
+        }
+    }
+
+    fn drain_tracker_events(&mut self) {
+        let stream_timeout = self.cfg.rules.initial_timeout();
+        for peer in self.peers.values_mut() {
+            let labels = [self.name.as_str(), peer.label.as_str()];
+            while let Some(ev) = peer.tracker.poll_event() {
+                match ev {
+                    TrackerEvent::Handshake { .. } => {
+                        self.metrics.handshakes.with_label_values(&labels).inc();
+                        tracing::debug!("{}: handshake with {}", self.name, peer.label);
+                    }
+                    TrackerEvent::EndpointChanged { from, to, idle } => {
+                        self.metrics
+                            .endpoint_changes
+                            .with_label_values(&labels)
+                            .inc();
+                        match idle {
+                            Some(idle) if idle > stream_timeout => tracing::info!(
+                                "{}: peer {} came back from {to} (was {from}) after {} idle: its NAT mapping expired",
+                                self.name,
+                                peer.label,
+                                humantime::format_duration(Duration::from_secs(idle.as_secs()))
+                            ),
+                            _ => tracing::info!("{}: peer {} endpoint {from} -> {to}", self.name, peer.label),
+                        }
+                    }
+                    TrackerEvent::CountersReset => {
+                        tracing::info!(
+                            "{}: counters of peer {} went down (interface or peer re-created)",
+                            self.name,
+                            peer.label
+                        );
+                    }
+                    TrackerEvent::FollowUpConfirmed => {
+                        tracing::debug!(
+                            "{}: follow-up to {} confirmed by tx_bytes",
+                            self.name,
+                            peer.label
+                        );
+                    }
+                    TrackerEvent::FollowUpUnconfirmed => {
+                        self.metrics
+                            .follow_up_failures
+                            .with_label_values(&labels)
+                            .inc();
+                        tracing::warn!(
+                            "{}: follow-up to {} not seen in tx_bytes by the next poll",
+                            self.name,
+                            peer.label
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the follow-ups that are due.
+    async fn fire(&mut self) {
+        let now = self.clock.now();
+        let implementation = self.implementation;
+        let mut jobs = Vec::new();
+        for (key, peer) in &mut self.peers {
+            if peer.tracker.poll_timeout().is_some_and(|t| t <= now) {
+                peer.tracker.handle_timeout(now);
+            }
+            let labels = [self.name.as_str(), peer.label.as_str()];
+            while let Some(ev) = peer.tracker.poll_keeper_event() {
+                if let KeeperEvent::Skipped { reason, .. } = ev {
+                    self.metrics
+                        .follow_ups_skipped
+                        .with_label_values(&[labels[0], labels[1], reason.as_str()])
+                        .inc();
+                    tracing::debug!(
+                        "{}: follow-up to {} not needed ({})",
+                        self.name,
+                        peer.label,
+                        reason.as_str()
+                    );
+                }
+            }
+            while let Some(Action::FollowUp(reason)) = peer.tracker.poll_action() {
+                if self.cfg.mode == Mode::Observe {
+                    continue;
+                }
+                let method = match (self.cfg.method, implementation) {
+                    (Method::Auto, Some(Implementation::Boringtun)) => Method::TunnelPacket,
+                    (Method::Auto, _) => Method::KeepaliveToggle,
+                    (m, _) => m,
+                };
+                jobs.push(Job {
+                    key: *key,
+                    reason,
+                    method,
+                    keepalive: peer.keepalive,
+                    target: tunnel_packet::target(&peer.allowed_ips),
+                });
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let results = self
+            .blocking(move |d| {
+                jobs.into_iter()
+                    .map(|j| {
+                        let r = match j.method {
+                            Method::TunnelPacket => match j.target {
+                                Some(to) => d.send_tunnel_packet(to),
+                                None => Err(WgError::Unsupported(
+                                    "the peer has no allowed IPs to send into".into(),
+                                )),
+                            },
+                            _ => d.kick(&j.key, j.keepalive),
+                        };
+                        (j, r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        for (job, result) in results {
+            let Some(peer) = self.peers.get_mut(&job.key) else {
+                continue;
+            };
+            let labels = [self.name.as_str(), peer.label.as_str()];
+            match result {
+                Ok(()) => {
+                    peer.tracker.on_follow_up_sent(now);
+                    self.metrics
+                        .follow_ups
+                        .with_label_values(&[labels[0], labels[1], job.method.as_str()])
+                        .inc();
+                    tracing::debug!(
+                        "{}: follow-up to {} ({}, {})",
+                        self.name,
+                        peer.label,
+                        job.reason.as_str(),
+                        job.method.as_str()
+                    );
+                }
+                Err(e) => {
+                    self.metrics
+                        .follow_up_failures
+                        .with_label_values(&labels)
+                        .inc();
+                    let msg = format!("follow-up to {} failed: {e}", peer.label);
+                    self.warn_once("follow-up", msg);
+                }
+            }
+        }
+    }
+
+    /// adapt mode: every peer with a PersistentKeepalive gets `floor(0.8 × stream timeout)`.
+    /// The originals are written to the state file before anything changes.
+    async fn adapt(&mut self) {
+        if self.implementation == Some(Implementation::Boringtun) {
+            self.warn_once(
+                "adapt-boringtun",
+                "adapt mode cannot change PersistentKeepalive on boringtun (it panics on UAPI writes); \
+                 only follow-ups are sent"
+                    .into(),
+            );
+            return;
+        }
+        let target = keepalive_advice(&self.cfg.rules, None).recommended;
+        let mut changes = Vec::new();
+        for (key, peer) in &self.peers {
+            let Some(current) = peer.keepalive else {
+                continue;
+            };
+            if current == target {
+                continue;
+            }
+            let label = peer.label.clone();
+            // Someone else changed it since we set it, or we never did: it is the new original.
+            self.saved.peers.insert(
+                label,
+                Change {
+                    original: Some(current),
+                    set: Some(target),
+                },
+            );
+            changes.push((*key, current));
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.state.save(&self.saved) {
+            self.warn_once(
+                "state",
+                format!("not changing PersistentKeepalive: cannot record the originals: {e}"),
+            );
+            return;
+        }
+        let results = self
+            .blocking(move |d| {
+                changes
+                    .into_iter()
+                    .map(|(key, current)| (key, current, d.set_keepalive(&key, Some(target))))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        for (key, current, r) in results {
+            match r {
+                Ok(()) => {
+                    if let Some(p) = self.peers.get_mut(&key) {
+                        p.keepalive = Some(target);
+                        self.metrics
+                            .persistent_keepalive
+                            .with_label_values(&[self.name.as_str(), p.label.as_str()])
+                            .set(i64::from(target));
+                    }
+                    tracing::info!(
+                        "{}: peer {key} PersistentKeepalive {current} -> {target} s",
+                        self.name
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    "{}: setting PersistentKeepalive of {key} failed: {e}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    /// Put back what a previous agent (crashed, or this one before the interface went away) left
+    /// changed: only where the value is still the one wgkeep set.
+    async fn restore_leftovers(&mut self, info: &DeviceInfo) {
+        let saved = match self.state.load(&self.name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                self.warn_once("state", format!("cannot read the state file: {e}"));
+                return;
+            }
+        };
+        if self.restore(&saved, info).await {
+            self.saved.peers.clear();
+            if let Err(e) = self.state.remove(&self.name) {
+                self.warn_once("state", format!("cannot remove the state file: {e}"));
+            }
+        }
+    }
+
+    /// Restore `saved` on the device; true when nothing is left to do.
+    async fn restore(&mut self, saved: &Saved, info: &DeviceInfo) -> bool {
+        let mut todo = Vec::new();
+        for p in &info.peers {
+            let Some(change) = saved.peers.get(&p.public_key.to_base64()) else {
+                continue;
+            };
+            if p.persistent_keepalive == change.set && change.set != change.original {
+                todo.push((p.public_key, change.original));
+            }
+        }
+        if todo.is_empty() {
+            return true;
+        }
+        let results = self
+            .blocking(move |d| {
+                todo.into_iter()
+                    .map(|(k, v)| (k, v, d.set_keepalive(&k, v)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let mut ok = true;
+        for (key, value, r) in results {
+            match r {
+                Ok(()) => tracing::info!(
+                    "{}: restored PersistentKeepalive of {key} to {}",
+                    self.name,
+                    value.map_or_else(|| "off".to_owned(), |v| format!("{v} s"))
+                ),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(
+                        "{}: restoring PersistentKeepalive of {key} failed: {e}",
+                        self.name
+                    );
+                }
+            }
+        }
+        ok
+    }
+
+    async fn shutdown(&mut self) {
+        if self.saved.peers.is_empty() {
+            return;
+        }
+        let info = match self.blocking(|d| d.get()).await {
+            Some(Ok(info)) => info,
+            // The interface is gone: so are the values wgkeep set.
+            _ => {
+                let _ = self.state.remove(&self.name);
+                return;
+            }
+        };
+        let saved = self.saved.clone();
+        if self.restore(&saved, &info).await {
+            if let Err(e) = self.state.remove(&self.name) {
+                tracing::warn!("{}: cannot remove the state file: {e}", self.name);
+            }
+        }
+    }
+}
