@@ -9,6 +9,11 @@ pub fn wall_now() -> SystemTime {
     SystemTime::now()
 }
 
+/// The monotonic clock, for I/O deadlines in drivers.
+pub fn instant_now() -> Instant {
+    Instant::now()
+}
+
 /// A monotonic clock whose origin is when it was made: turns `Instant`s into [`Time`]s for the
 /// sans-IO state machines.
 #[derive(Clone, Copy, Debug)]

@@ -16,15 +16,22 @@
 
 mod netns;
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::process::Output;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-pub use netns::{exec_in, exec_in_with_stdin, netns_path, run_in_netns, udp_socket_in};
+pub use netns::{
+    exec_in, exec_in_with_stdin, netns_path, run_in_netns, send_signal, spawn_in, tcp_connect_in,
+    udp_socket_in,
+};
 
 /// Whether the test may run: true as root. Otherwise prints a loud skip notice to stderr and returns
 /// false, except under CI (`CI=true`), where a skipped root test is a failure and this panics.
@@ -291,6 +298,18 @@ impl NetLab {
     pub fn conntrack_udp(&self) -> anyhow::Result<Vec<CtEntry>> {
         conntrack_udp(&self.router)
     }
+
+    /// Spawns `cmd` inside `which` without waiting for it (see [`spawn_in`]).
+    pub fn spawn(&self, which: Ns, cmd: &mut Command) -> std::io::Result<Child> {
+        spawn_in(self.ns(which), cmd)
+    }
+
+    /// The pids of every process living in `which` (`ip netns pids`).
+    pub fn pids(&self, which: Ns) -> Vec<u32> {
+        run_host(&["ip", "netns", "pids", self.ns(which)])
+            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for NetLab {
@@ -468,9 +487,190 @@ pub fn conntrack_udp(ns: &str) -> anyhow::Result<Vec<CtEntry>> {
     Ok(parse_conntrack_output(&stdout))
 }
 
+/// `GET path` over HTTP/1.0 to `addr`, from inside the network namespace `ns` (no curl needed).
+/// Returns the status code and the body.
+pub fn http_get_in(
+    ns: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = tcp_connect_in(ns, addr, timeout)
+        .with_context(|| format!("connecting to {addr} in {ns}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the response of {addr}{path} in {ns}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// One sample of the Prometheus text exposition format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The metric name.
+    pub name: String,
+    /// The labels, by name.
+    pub labels: BTreeMap<String, String>,
+    /// The value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// Whether every `(name, value)` of `want` is among the labels.
+    pub fn has_labels(&self, want: &[(&str, &str)]) -> bool {
+        want.iter()
+            .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
+/// Parses Prometheus text format (`name{a="b",c="d"} value [timestamp]`), skipping comments and
+/// lines it does not understand.
+pub fn parse_prometheus_text(text: &str) -> Vec<Sample> {
+    text.lines().filter_map(parse_sample).collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, labels, rest) = match line.find('{') {
+        Some(open) => {
+            let close = line.rfind('}')?;
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close])?,
+                &line[close + 1..],
+            )
+        }
+        None => {
+            let (name, rest) = line.split_once(char::is_whitespace)?;
+            (name, BTreeMap::new(), rest)
+        }
+    };
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.trim().to_owned(),
+        labels,
+        value,
+    })
+}
+
+fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    loop {
+        s = s.trim_start_matches([',', ' ']);
+        if s.is_empty() {
+            return Some(labels);
+        }
+        let (key, rest) = s.split_once('=')?;
+        let mut chars = rest.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.trim().to_owned(), value);
+        s = &rest[1 + end + 1..];
+    }
+}
+
+/// The `wgkeep` binary, built once per test process with `cargo build -p wgkeep-agent --bin
+/// wgkeep` in the test's own profile (debug, or `--release` when the tests were built with
+/// it), honouring `CARGO` and `CARGO_TARGET_DIR`. `WGKEEP_BIN=/path/to/wgkeep` skips the build.
+/// Panics if the build fails.
+pub fn wgkeep_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_wgkeep().map_err(|e| format!("{e:#}")))
+        .clone()
+        .unwrap_or_else(|e| panic!("cannot build wgkeep: {e}"))
+}
+
+fn build_wgkeep() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("WGKEEP_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate has no parent directory")?;
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-p", "wgkeep-agent", "--bin", "wgkeep"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cargo:?}"))?;
+    if !status.success() {
+        bail!("`cargo build -p wgkeep-agent --bin wgkeep` failed ({status})");
+    }
+    // A relative CARGO_TARGET_DIR is resolved against the build's working directory.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace.join(dir))
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target
+        .join(if release { "release" } else { "debug" })
+        .join("wgkeep");
+    if !bin.is_file() {
+        bail!("the build succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let text = "# HELP wgkeep_handshakes_total Handshakes.\n\
+             # TYPE wgkeep_handshakes_total counter\n\
+             wgkeep_handshakes_total{interface=\"wg0\",public_key=\"a+b/c=\"} 3\n\
+             wgkeep_build_info{version=\"0.1.0\"} 1\n\
+             odd{x=\"q\\\"uote\\\\\",y=\"\"} -2.5e1 1700000000\n\
+             plain 7\n\
+             broken{x=1} 2\n";
+        let v = parse_prometheus_text(text);
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert_eq!(v[0].name, "wgkeep_handshakes_total");
+        assert!(v[0].has_labels(&[("interface", "wg0"), ("public_key", "a+b/c=")]));
+        assert!(!v[0].has_labels(&[("interface", "wg1")]));
+        assert_eq!(v[0].value, 3.0);
+        assert_eq!(v[2].labels["x"], "q\"uote\\");
+        assert_eq!(v[2].labels["y"], "");
+        assert_eq!(v[2].value, -25.0);
+        assert_eq!((v[3].name.as_str(), v[3].value), ("plain", 7.0));
+    }
 
     const ASSURED: &str = "udp      17 179 src=172.16.0.2 dst=198.51.100.2 sport=40000 \
         dport=51820 src=198.51.100.2 dst=198.51.100.1 sport=51820 dport=40000 [ASSURED] mark=0 \

@@ -4,10 +4,11 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 /// The file `ip netns add NAME` bind-mounts the namespace on.
 pub fn netns_path(ns: &str) -> PathBuf {
@@ -18,6 +19,17 @@ pub fn netns_path(ns: &str) -> PathBuf {
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`.
+pub fn send_signal(pid: u32, sig: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `f` on a fresh thread that has first joined the network namespace `ns` (created by `ip
@@ -82,4 +94,16 @@ pub fn exec_in_with_stdin(ns: &str, args: &[&str], stdin: Option<&[u8]>) -> io::
         }
         child.wait_with_output()
     })?
+}
+
+/// Spawns `cmd` inside the network namespace `ns` without waiting for it (no `ip netns exec`).
+/// The caller owns the [`Child`]: wait for it or kill it.
+pub fn spawn_in(ns: &str, cmd: &mut Command) -> io::Result<Child> {
+    run_in_netns(ns, || cmd.spawn())?
+}
+
+/// A TCP connection to `addr` made from inside the network namespace `ns` (the socket stays
+/// there for its whole life).
+pub fn tcp_connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    run_in_netns(ns, move || TcpStream::connect_timeout(&addr, timeout))?
 }

@@ -2,7 +2,7 @@
 
 use std::io::ErrorKind;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use netlink_sys::Socket;
 
@@ -73,7 +73,7 @@ impl KernelClient {
         if !valid_ifname(iface) {
             return Err(WgError::NotFound(iface.to_owned()));
         }
-        let seq = SystemTime::now()
+        let seq = crate::clock::wall_now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1);
@@ -205,7 +205,7 @@ impl KernelClient {
         request: &[u8],
         collector: &mut dyn Collect,
     ) -> Result<(), WgError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::instant_now() + self.timeout;
         loop {
             match self.socket.send(request, 0) {
                 Ok(n) if n == request.len() => break,
@@ -236,7 +236,7 @@ impl KernelClient {
     /// Receives one whole datagram into `self.buf`; returns its length.
     fn recv_datagram(&mut self, deadline: Instant) -> Result<usize, WgError> {
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(crate::clock::instant_now());
             if remaining.is_zero() {
                 return Err(WgError::Timeout(
                     format!("kernel WireGuard ({})", self.iface),
