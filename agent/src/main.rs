@@ -52,8 +52,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => {
             let config = args.config().unwrap_or_else(|e| usage_error("agent", e));
             init_logging(args.verbose);
+            // One thread for the loop; a few for blocking device calls (each thread that
+            // allocates gets its own malloc arena, so fewer threads keep the RSS down).
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(4)
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(async move {

@@ -8,120 +8,114 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wgkeep_probe::middlebox::Rules;
 
+/// Follow-up methods, in label order.
+pub const METHODS: [&str; 2] = ["keepalive-toggle", "tunnel-packet"];
+/// Skip reasons, in label order.
+pub const SKIP_REASONS: [&str; 2] = ["traffic", "expired"];
+
+/// One peer's series. Plain atomics, updated by its interface's task without a lock and rendered
+/// on scrape: 10 000 peers cost about 1 MB instead of one registry entry per series.
+#[derive(Debug, Default)]
+pub struct PeerMetrics {
+    /// Handshakes seen.
+    pub handshakes: AtomicU64,
+    /// Follow-ups sent, by [`METHODS`].
+    pub follow_ups: [AtomicU64; 2],
+    /// Follow-ups skipped, by [`SKIP_REASONS`].
+    pub skipped: [AtomicU64; 2],
+    /// Follow-ups that failed or were not confirmed.
+    pub failures: AtomicU64,
+    /// Endpoint changes.
+    pub endpoint_changes: AtomicU64,
+    /// PersistentKeepalive (0: off).
+    pub keepalive: AtomicI64,
+    /// Unix time of the last handshake (0: never).
+    pub last_handshake: AtomicI64,
+    /// Whether the peer is on an attached interface: the gauges are shown only then; the
+    /// counters always (they survive an interface restart).
+    pub present: AtomicBool,
+}
+
+impl PeerMetrics {
+    /// Count a follow-up sent with `method` (a [`METHODS`] entry).
+    pub fn follow_up(&self, method: &str) {
+        if let Some(i) = METHODS.iter().position(|m| *m == method) {
+            self.follow_ups[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a skipped follow-up (a [`SKIP_REASONS`] entry).
+    pub fn skip(&self, reason: &str) {
+        if let Some(i) = SKIP_REASONS.iter().position(|r| *r == reason) {
+            self.skipped[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type PeerMap = BTreeMap<(String, String), Arc<PeerMetrics>>;
+
 /// All of the agent's metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `wgkeep_handshakes_total{interface,public_key}`.
-    pub handshakes: IntCounterVec,
-    /// `wgkeep_follow_ups_total{interface,public_key,method}`.
-    pub follow_ups: IntCounterVec,
-    /// `wgkeep_follow_ups_skipped_total{interface,public_key,reason}`.
-    pub follow_ups_skipped: IntCounterVec,
-    /// `wgkeep_follow_up_failures_total{interface,public_key}`.
-    pub follow_up_failures: IntCounterVec,
-    /// `wgkeep_peer_persistent_keepalive_seconds{interface,public_key}`.
-    pub persistent_keepalive: IntGaugeVec,
-    /// `wgkeep_peer_last_handshake_timestamp_seconds{interface,public_key}`.
-    pub last_handshake: IntGaugeVec,
-    /// `wgkeep_peer_endpoint_changes_total{interface,public_key}`.
-    pub endpoint_changes: IntCounterVec,
+    peers: RwLock<PeerMap>,
     /// `wgkeep_nat_timeout_seconds{kind}`.
     pub nat_timeout: prometheus::GaugeVec,
     /// `wgkeep_interface_up{interface}`: 1 while the interface is attached.
     pub interface_up: IntGaugeVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
-}
-
 impl Metrics {
     /// A registry with every metric, `wgkeep_build_info` set.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let peer = &["interface", "public_key"];
-        let m = Metrics {
-            handshakes: counter(&registry, "wgkeep_handshakes_total", "Handshakes seen per peer.", peer),
-            follow_ups: counter(
-                &registry,
-                "wgkeep_follow_ups_total",
-                "Follow-up packets wgkeep made WireGuard send.",
-                &["interface", "public_key", "method"],
+        let nat_timeout = prometheus::GaugeVec::new(
+            Opts::new(
+                "wgkeep_nat_timeout_seconds",
+                "The NAT timeouts wgkeep assumes.",
             ),
-            follow_ups_skipped: counter(
-                &registry,
-                "wgkeep_follow_ups_skipped_total",
-                "Follow-ups not sent, by reason (traffic: a packet already passed after the grace period; \
-                 expired: the NAT entry was gone already).",
-                &["interface", "public_key", "reason"],
-            ),
-            follow_up_failures: counter(
-                &registry,
-                "wgkeep_follow_up_failures_total",
-                "Follow-ups that failed or were not confirmed by tx_bytes.",
-                peer,
-            ),
-            persistent_keepalive: gauge(
-                &registry,
-                "wgkeep_peer_persistent_keepalive_seconds",
-                "The peer's PersistentKeepalive (0: off).",
-                peer,
-            ),
-            last_handshake: gauge(
-                &registry,
-                "wgkeep_peer_last_handshake_timestamp_seconds",
-                "Unix time of the peer's last handshake (0: never).",
-                peer,
-            ),
-            endpoint_changes: counter(
-                &registry,
-                "wgkeep_peer_endpoint_changes_total",
-                "Changes of the peer's endpoint (after an idle gap: its NAT mapping expired).",
-                peer,
-            ),
-            nat_timeout: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new("wgkeep_nat_timeout_seconds", "The NAT timeouts wgkeep assumes."),
-                    &["kind"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            interface_up: gauge(
-                &registry,
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(nat_timeout.clone()))
+            .expect("unique metric");
+        let interface_up = IntGaugeVec::new(
+            Opts::new(
                 "wgkeep_interface_up",
                 "1 while wgkeep is attached to the interface.",
-                &["interface"],
             ),
-            registry,
-        };
-        let build = gauge(
-            &m.registry,
-            "wgkeep_build_info",
-            "wgkeep's version.",
+            &["interface"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(interface_up.clone()))
+            .expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new("wgkeep_build_info", "wgkeep's version."),
             &["version"],
-        );
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build.clone()))
+            .expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        m
+        Metrics {
+            registry,
+            peers: RwLock::new(BTreeMap::new()),
+            nat_timeout,
+            interface_up,
+        }
     }
 
     /// Publish the assumed NAT timeouts.
@@ -141,19 +135,148 @@ impl Metrics {
         }
     }
 
-    /// Forget a peer's gauges (it was removed); its counters stay.
-    pub fn remove_peer(&self, iface: &str, key: &str) {
-        let _ = self.persistent_keepalive.remove_label_values(&[iface, key]);
-        let _ = self.last_handshake.remove_label_values(&[iface, key]);
+    /// The series of `key` (base64) on `iface`, created at zero and marked present.
+    pub fn peer(&self, iface: &str, key: &str) -> Arc<PeerMetrics> {
+        let m = {
+            let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+            peers
+                .entry((iface.to_owned(), key.to_owned()))
+                .or_default()
+                .clone()
+        };
+        m.present.store(true, Ordering::Relaxed);
+        m
     }
 
-    /// The text exposition.
+    /// The peer was removed from the interface: drop its series.
+    pub fn remove_peer(&self, iface: &str, key: &str) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&(iface.to_owned(), key.to_owned()));
+    }
+
+    /// The interface went away: hide its peers' gauges, keep their counters.
+    pub fn detach(&self, iface: &str) {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        for ((i, _), m) in peers.iter() {
+            if i == iface {
+                m.present.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(256 + peers.len() * 1400);
+        let counter =
+            |out: &mut String, name: &str, help: &str, value: &dyn Fn(&PeerMetrics) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for ((iface, key), m) in peers.iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{interface=\"{}\",public_key=\"{}\"}} {}",
+                        escape(iface),
+                        escape(key),
+                        value(m)
+                    );
+                }
+            };
+        counter(
+            &mut out,
+            "wgkeep_handshakes_total",
+            "Handshakes seen per peer.",
+            &|m| m.handshakes.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wgkeep_follow_ups_total Follow-up packets wgkeep made WireGuard send.\n\
+             # TYPE wgkeep_follow_ups_total counter"
+        );
+        for ((iface, key), m) in peers.iter() {
+            for (i, method) in METHODS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "wgkeep_follow_ups_total{{interface=\"{}\",method=\"{method}\",public_key=\"{}\"}} {}",
+                    escape(iface),
+                    escape(key),
+                    m.follow_ups[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wgkeep_follow_ups_skipped_total Follow-ups not sent: traffic (a packet already passed after \
+             the grace period), expired (the NAT entry was gone already).\n\
+             # TYPE wgkeep_follow_ups_skipped_total counter"
+        );
+        for ((iface, key), m) in peers.iter() {
+            for (i, reason) in SKIP_REASONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "wgkeep_follow_ups_skipped_total{{interface=\"{}\",public_key=\"{}\",reason=\"{reason}\"}} {}",
+                    escape(iface),
+                    escape(key),
+                    m.skipped[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        counter(
+            &mut out,
+            "wgkeep_follow_up_failures_total",
+            "Follow-ups that failed or were not confirmed by tx_bytes.",
+            &|m| m.failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "wgkeep_peer_endpoint_changes_total",
+            "Changes of the peer's endpoint (after an idle gap: its NAT mapping expired).",
+            &|m| m.endpoint_changes.load(Ordering::Relaxed),
+        );
+        for (name, help, value) in [
+            (
+                "wgkeep_peer_persistent_keepalive_seconds",
+                "The peer's PersistentKeepalive (0: off).",
+                (|m: &PeerMetrics| m.keepalive.load(Ordering::Relaxed)) as fn(&PeerMetrics) -> i64,
+            ),
+            (
+                "wgkeep_peer_last_handshake_timestamp_seconds",
+                "Unix time of the peer's last handshake (0: never).",
+                |m: &PeerMetrics| m.last_handshake.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for ((iface, key), m) in peers
+                .iter()
+                .filter(|(_, m)| m.present.load(Ordering::Relaxed))
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{interface=\"{}\",public_key=\"{}\"}} {}",
+                    escape(iface),
+                    escape(key),
+                    value(m)
+                );
+            }
+        }
+        drop(peers);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding to memory");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        out.push_str(&String::from_utf8_lossy(&buf));
+        out
+    }
+}
+
+/// Label value escaping of the text format: `\`, `"` and newlines.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
     }
 }
 
@@ -252,30 +375,19 @@ mod tests {
     fn exposition_has_the_contract_names() {
         let m = Metrics::new();
         m.set_nat(&Profile::routeros().rules);
-        m.handshakes.with_label_values(&["wg0", "k"]).inc();
-        m.follow_ups
-            .with_label_values(&["wg0", "k", "keepalive-toggle"])
-            .inc();
-        m.follow_ups_skipped
-            .with_label_values(&["wg0", "k", "traffic"])
-            .inc();
-        m.follow_up_failures
-            .with_label_values(&["wg0", "k"])
-            .inc_by(0);
-        m.persistent_keepalive
-            .with_label_values(&["wg0", "k"])
-            .set(150);
-        m.last_handshake
-            .with_label_values(&["wg0", "k"])
-            .set(1_800_000_000);
-        m.endpoint_changes
-            .with_label_values(&["wg0", "k"])
-            .inc_by(0);
+        let p = m.peer("wg0", "k");
+        p.handshakes.fetch_add(1, Ordering::Relaxed);
+        p.follow_up("keepalive-toggle");
+        p.skip("traffic");
+        p.keepalive.store(150, Ordering::Relaxed);
+        p.last_handshake.store(1_800_000_000, Ordering::Relaxed);
         let text = m.render();
         for needle in [
             "wgkeep_handshakes_total{interface=\"wg0\",public_key=\"k\"} 1",
             "wgkeep_follow_ups_total{interface=\"wg0\",method=\"keepalive-toggle\",public_key=\"k\"} 1",
+            "wgkeep_follow_ups_total{interface=\"wg0\",method=\"tunnel-packet\",public_key=\"k\"} 0",
             "wgkeep_follow_ups_skipped_total{interface=\"wg0\",public_key=\"k\",reason=\"traffic\"} 1",
+            "wgkeep_follow_ups_skipped_total{interface=\"wg0\",public_key=\"k\",reason=\"expired\"} 0",
             "wgkeep_follow_up_failures_total{interface=\"wg0\",public_key=\"k\"} 0",
             "wgkeep_peer_persistent_keepalive_seconds{interface=\"wg0\",public_key=\"k\"} 150",
             "wgkeep_peer_last_handshake_timestamp_seconds{interface=\"wg0\",public_key=\"k\"} 1800000000",
@@ -284,9 +396,26 @@ mod tests {
             "wgkeep_nat_timeout_seconds{kind=\"stream\"} 180",
             "wgkeep_nat_timeout_seconds{kind=\"grace\"} 2",
             "wgkeep_build_info{version=\"",
+            "# TYPE wgkeep_follow_ups_total counter",
+            "# TYPE wgkeep_peer_persistent_keepalive_seconds gauge",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        // An interface restart hides the gauges and keeps the counters.
+        m.detach("wg0");
+        let text = m.render();
+        assert!(!text.contains("wgkeep_peer_persistent_keepalive_seconds{"));
+        assert!(text.contains("wgkeep_handshakes_total{interface=\"wg0\",public_key=\"k\"} 1"));
+        let again = m.peer("wg0", "k");
+        assert_eq!(again.handshakes.load(Ordering::Relaxed), 1);
+        m.remove_peer("wg0", "k");
+        assert!(!m.render().contains("public_key=\"k\""));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape("wg0"), "wg0");
     }
 
     #[test]

@@ -307,7 +307,11 @@ impl NetLab {
     /// The pids of every process living in `which` (`ip netns pids`).
     pub fn pids(&self, which: Ns) -> Vec<u32> {
         run_host(&["ip", "netns", "pids", self.ns(which)])
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -1,6 +1,7 @@
 //! One interface: attach, poll, feed the trackers, send follow-ups, adapt, restore.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,16 +11,20 @@ use tokio::time::MissedTickBehavior;
 use super::{AgentConfig, Connector, Device, Method, Mode, SideChoice};
 use crate::clock::{wall_now, Clock};
 use crate::keeper::{keepalive_advice, Action, FollowUpReason, KeeperConfig, KeeperEvent, Side};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PeerMetrics};
 use crate::state::{Change, Saved, StateDir};
 use crate::tracker::{PeerTracker, TrackerEvent};
-use crate::wg::{tunnel_packet, AllowedIp, DeviceInfo, Implementation, Key, WgError};
+use crate::wg::{tunnel_packet, AllowedIp, DeviceInfo, Implementation, Key, KeyMap, WgError};
 
 struct Peer {
     tracker: PeerTracker,
     label: String,
     keepalive: Option<u16>,
     allowed_ips: Vec<AllowedIp>,
+    /// The poll that last saw it.
+    seen: u64,
+    /// Its series (atomics: no lookup per poll).
+    metrics: Arc<PeerMetrics>,
 }
 
 /// A follow-up to send.
@@ -40,11 +45,13 @@ pub(super) struct IfaceTask {
     state: StateDir,
     device: Option<Arc<Mutex<Box<dyn Device>>>>,
     implementation: Option<Implementation>,
-    peers: HashMap<Key, Peer>,
+    peers: KeyMap<Peer>,
     /// adapt mode's changes in force (mirrors the state file).
     saved: Saved,
     /// A state file may be waiting to be restored (checked on each attach).
     restore_pending: bool,
+    /// Counts polls, to find removed peers without a set.
+    generation: u64,
     waiting_logged: bool,
     last_error: Option<String>,
     warned: HashSet<&'static str>,
@@ -73,8 +80,9 @@ impl IfaceTask {
             state,
             device: None,
             implementation: None,
-            peers: HashMap::new(),
+            peers: KeyMap::default(),
             restore_pending: true,
+            generation: 0,
             waiting_logged: false,
             last_error: None,
             warned: HashSet::new(),
@@ -184,10 +192,8 @@ impl IfaceTask {
         tracing::info!("{}: {why}; waiting for it to come back", self.name);
         self.device = None;
         self.implementation = None;
-        for (key, p) in self.peers.drain() {
-            let _ = key;
-            self.metrics.remove_peer(&self.name, &p.label);
-        }
+        self.peers.clear();
+        self.metrics.detach(&self.name);
         self.metrics
             .interface_up
             .with_label_values(&[&self.name])
@@ -233,29 +239,46 @@ impl IfaceTask {
     async fn on_info(&mut self, info: DeviceInfo) {
         let now = self.clock.now();
         let wall = wall_now();
-        let mut present = HashSet::with_capacity(info.peers.len());
+        self.generation += 1;
+        let generation = self.generation;
         let mut added = 0usize;
         for p in &info.peers {
-            present.insert(p.public_key);
             let side = self.side_for(p.persistent_keepalive);
             let keeper_cfg = KeeperConfig {
                 rules: self.cfg.rules,
                 side,
                 follow_up_delay: self.cfg.follow_up_delay,
             };
-            let peer = self.peers.entry(p.public_key).or_insert_with(|| {
-                added += 1;
-                tracing::debug!("peer {} added ({} side)", p.public_key, side.as_str());
-                Peer {
-                    tracker: PeerTracker::new(keeper_cfg),
-                    label: p.public_key.to_base64(),
-                    keepalive: p.persistent_keepalive,
-                    allowed_ips: p.allowed_ips.clone(),
+            let peer = match self.peers.entry(p.public_key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    added += 1;
+                    tracing::debug!(
+                        "{}: peer {} added ({} side)",
+                        self.name,
+                        p.public_key,
+                        side.as_str()
+                    );
+                    let label = p.public_key.to_base64();
+                    e.insert(Peer {
+                        tracker: PeerTracker::new(keeper_cfg),
+                        metrics: self.metrics.peer(&self.name, &label),
+                        label,
+                        keepalive: p.persistent_keepalive,
+                        allowed_ips: p.allowed_ips.clone(),
+                        seen: generation,
+                    })
                 }
-            });
+            };
+            peer.seen = generation;
             if peer.tracker.side() != side {
                 // PersistentKeepalive turned on or off: the auto side follows it.
-                tracing::debug!("peer {} is now on the {} side", p.public_key, side.as_str());
+                tracing::debug!(
+                    "{}: peer {} is now on the {} side",
+                    self.name,
+                    p.public_key,
+                    side.as_str()
+                );
                 peer.tracker = PeerTracker::new(keeper_cfg);
             }
             peer.keepalive = p.persistent_keepalive;
@@ -263,25 +286,20 @@ impl IfaceTask {
                 peer.allowed_ips = p.allowed_ips.clone();
             }
             peer.tracker.on_sample(now, wall, p);
-            let labels = [self.name.as_str(), peer.label.as_str()];
-            self.metrics
-                .persistent_keepalive
-                .with_label_values(&labels)
-                .set(i64::from(p.persistent_keepalive.unwrap_or(0)));
+            peer.metrics.keepalive.store(
+                i64::from(p.persistent_keepalive.unwrap_or(0)),
+                Ordering::Relaxed,
+            );
             let hs = p
                 .last_handshake
                 .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64);
-            self.metrics
-                .last_handshake
-                .with_label_values(&labels)
-                .set(hs);
+            peer.metrics.last_handshake.store(hs, Ordering::Relaxed);
         }
-        let before = self.peers.len();
         let name = self.name.clone();
         let metrics = self.metrics.clone();
         self.peers.retain(|key, p| {
-            let keep = present.contains(key);
+            let keep = p.seen == generation;
             if !keep {
                 tracing::info!("{name}: peer {key} removed");
                 metrics.remove_peer(&name, &p.label);
@@ -295,7 +313,6 @@ impl IfaceTask {
                 self.peers.len()
             );
         }
-        let _ = before;
         self.drain_tracker_events();
         if self.cfg.mode == Mode::Adapt {
             self.adapt().await;
@@ -305,18 +322,16 @@ impl IfaceTask {
     fn drain_tracker_events(&mut self) {
         let stream_timeout = self.cfg.rules.initial_timeout();
         for peer in self.peers.values_mut() {
-            let labels = [self.name.as_str(), peer.label.as_str()];
             while let Some(ev) = peer.tracker.poll_event() {
                 match ev {
                     TrackerEvent::Handshake { .. } => {
-                        self.metrics.handshakes.with_label_values(&labels).inc();
+                        peer.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!("{}: handshake with {}", self.name, peer.label);
                     }
                     TrackerEvent::EndpointChanged { from, to, idle } => {
-                        self.metrics
+                        peer.metrics
                             .endpoint_changes
-                            .with_label_values(&labels)
-                            .inc();
+                            .fetch_add(1, Ordering::Relaxed);
                         match idle {
                             Some(idle) if idle > stream_timeout => tracing::info!(
                                 "{}: peer {} came back from {to} (was {from}) after {} idle: its NAT mapping expired",
@@ -342,10 +357,7 @@ impl IfaceTask {
                         );
                     }
                     TrackerEvent::FollowUpUnconfirmed => {
-                        self.metrics
-                            .follow_up_failures
-                            .with_label_values(&labels)
-                            .inc();
+                        peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             "{}: follow-up to {} not seen in tx_bytes by the next poll",
                             self.name,
@@ -366,13 +378,9 @@ impl IfaceTask {
             if peer.tracker.poll_timeout().is_some_and(|t| t <= now) {
                 peer.tracker.handle_timeout(now);
             }
-            let labels = [self.name.as_str(), peer.label.as_str()];
             while let Some(ev) = peer.tracker.poll_keeper_event() {
                 if let KeeperEvent::Skipped { reason, .. } = ev {
-                    self.metrics
-                        .follow_ups_skipped
-                        .with_label_values(&[labels[0], labels[1], reason.as_str()])
-                        .inc();
+                    peer.metrics.skip(reason.as_str());
                     tracing::debug!(
                         "{}: follow-up to {} not needed ({})",
                         self.name,
@@ -425,14 +433,10 @@ impl IfaceTask {
             let Some(peer) = self.peers.get_mut(&job.key) else {
                 continue;
             };
-            let labels = [self.name.as_str(), peer.label.as_str()];
             match result {
                 Ok(()) => {
                     peer.tracker.on_follow_up_sent(now);
-                    self.metrics
-                        .follow_ups
-                        .with_label_values(&[labels[0], labels[1], job.method.as_str()])
-                        .inc();
+                    peer.metrics.follow_up(job.method.as_str());
                     tracing::debug!(
                         "{}: follow-up to {} ({}, {})",
                         self.name,
@@ -442,10 +446,7 @@ impl IfaceTask {
                     );
                 }
                 Err(e) => {
-                    self.metrics
-                        .follow_up_failures
-                        .with_label_values(&labels)
-                        .inc();
+                    peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
                     let msg = format!("follow-up to {} failed: {e}", peer.label);
                     self.warn_once("follow-up", msg);
                 }
@@ -509,10 +510,9 @@ impl IfaceTask {
                 Ok(()) => {
                     if let Some(p) = self.peers.get_mut(&key) {
                         p.keepalive = Some(target);
-                        self.metrics
-                            .persistent_keepalive
-                            .with_label_values(&[self.name.as_str(), p.label.as_str()])
-                            .set(i64::from(target));
+                        p.metrics
+                            .keepalive
+                            .store(i64::from(target), Ordering::Relaxed);
                     }
                     tracing::info!(
                         "{}: peer {key} PersistentKeepalive {current} -> {target} s",

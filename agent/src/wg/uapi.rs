@@ -121,10 +121,25 @@ impl RawPeer {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(iface: &str, key: &str, value: &str) -> Result<T, WgError> {
-    value
-        .parse()
-        .map_err(|_| malformed(iface, format!("`{key}={value}`: not a valid number")))
+fn parse_num<T: TryFrom<u64>>(iface: &str, key: &str, value: &str) -> Result<T, WgError> {
+    // Plain decimal digits, as every implementation prints them; a byte loop, since this runs
+    // for several lines of every peer of every poll.
+    let bad = || malformed(iface, format!("`{key}={value}`: not a valid number"));
+    if value.is_empty() || value.len() > 20 {
+        return Err(bad());
+    }
+    let mut n: u64 = 0;
+    for b in value.bytes() {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(bad());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d)))
+            .ok_or_else(bad)?;
+    }
+    T::try_from(n).map_err(|_| bad())
 }
 
 fn parse_key(iface: &str, key: &str, value: &str) -> Result<Key, WgError> {
@@ -171,33 +186,32 @@ fn parse_allowed_ip(iface: &str, value: &str) -> Result<AllowedIp, WgError> {
 
 /// The `N` of an `errno=N` line, made positive (wireguard-go sends `-22`, boringtun `22`).
 fn parse_errno(iface: &str, value: &str) -> Result<i32, WgError> {
-    let n: i32 = parse_num(iface, "errno", value)?;
-    Ok(n.checked_abs().unwrap_or(i32::MAX))
+    let n: i32 = parse_num(iface, "errno", value.strip_prefix('-').unwrap_or(value))?;
+    Ok(n)
 }
 
-/// Splits a reply into its body lines and the value of its final `errno=` line. Blank lines
-/// (the terminator) are skipped; anything after the `errno=` line is an error; a reply without
-/// one (cut off, or the peer closed the connection: what a panicking boringtun does) is
-/// [`WgError::Malformed`].
-fn split_reply<'a>(reply: &'a str, iface: &str) -> Result<(Vec<&'a str>, i32), WgError> {
-    let mut body = Vec::new();
-    let mut errno = None;
-    for line in reply.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if errno.is_some() {
-            return Err(malformed(iface, "data after the errno= line"));
-        }
-        match line.strip_prefix("errno=") {
-            Some(value) => errno = Some(parse_errno(iface, value)?),
-            None => body.push(line),
-        }
-    }
-    match errno {
-        Some(errno) => Ok((body, errno)),
+/// Splits a reply into its body (every line before the final `errno=` line) and the value of
+/// that line. Blank lines (the terminator) are skipped; an `errno=` line followed by data is an
+/// error; a reply without one (cut off, or the peer closed the connection: what a panicking
+/// boringtun does) is [`WgError::Malformed`]. The body is not copied: [`body_lines`] walks it.
+fn split_reply<'a>(reply: &'a str, iface: &str) -> Result<(&'a str, i32), WgError> {
+    let trimmed = reply.trim_end_matches(['\n', '\r']);
+    let (body, last) = match trimmed.rfind('\n') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => ("", trimmed),
+    };
+    match last
+        .strip_suffix('\r')
+        .unwrap_or(last)
+        .strip_prefix("errno=")
+    {
+        // A second `errno=` inside the body is caught by the body's parsers (an unknown key in
+        // `get`, an unexpected line in `set`).
+        Some(value) => Ok((body, parse_errno(iface, value)?)),
         None if reply.is_empty() => Err(malformed(iface, "empty reply (connection closed)")),
+        None if body_lines(trimmed).any(|l| l.starts_with("errno=")) => {
+            Err(malformed(iface, "data after the errno= line"))
+        }
         None => Err(malformed(
             iface,
             format!(
@@ -206,6 +220,31 @@ fn split_reply<'a>(reply: &'a str, iface: &str) -> Result<(Vec<&'a str>, i32), W
             ),
         )),
     }
+}
+
+/// The non-blank lines of a reply body, without `\r`.
+fn body_lines(body: &str) -> impl Iterator<Item = &str> {
+    // Lines are short (under 100 bytes): a plain byte scan is cheaper than a char searcher's
+    // set-up, and this runs for every line of a 10 000-peer reply every second.
+    let mut rest = body;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.bytes().position(|b| b == b'\n').unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if !line.is_empty() {
+            return Some(line);
+        }
+    })
+}
+
+/// `key=value`; keys are short, so a byte scan beats a searcher.
+fn split_key(line: &str) -> Option<(&str, &str)> {
+    let i = line.bytes().position(|b| b == b'=')?;
+    Some((&line[..i], &line[i + 1..]))
 }
 
 /// Parses a `get=1` reply (including its `errno=` line and blank terminator).
@@ -267,11 +306,14 @@ pub fn parse_get(reply: &str, iface: &str, wall_now: SystemTime) -> Result<Devic
     let mut saw_protocol_version = false;
     let mut peers: Vec<RawPeer> = Vec::new();
 
-    for line in body {
-        let Some((key, value)) = line.split_once('=') else {
+    for line in body_lines(body) {
+        let Some((key, value)) = split_key(line) else {
             let shown: String = line.chars().take(40).collect();
             return Err(malformed(iface, format!("line without `=`: `{shown}`")));
         };
+        if key == "errno" {
+            return Err(malformed(iface, "data after the errno= line"));
+        }
         if key == "protocol_version" {
             saw_protocol_version = true;
             continue;
@@ -386,7 +428,7 @@ pub fn set_keepalive_request(peer: &Key, keepalive: Option<u16>) -> String {
 /// connection closed, as when boringtun panics) is [`WgError::Malformed`].
 pub fn parse_set_reply(reply: &str, iface: &str, what: &'static str) -> Result<(), WgError> {
     let (body, errno) = split_reply(reply, iface)?;
-    if let Some(line) = body.first() {
+    if let Some(line) = body_lines(body).next() {
         let shown: String = line.chars().take(40).collect();
         return Err(malformed(
             iface,
@@ -422,6 +464,8 @@ pub struct UapiClient {
     iface: String,
     path: PathBuf,
     timeout: Duration,
+    /// The size of the last reply, to allocate the next one at once instead of doubling up to it.
+    last_reply_len: std::cell::Cell<usize>,
 }
 
 impl UapiClient {
@@ -436,6 +480,7 @@ impl UapiClient {
             iface: iface.to_owned(),
             path: path.into(),
             timeout,
+            last_reply_len: std::cell::Cell::new(0),
         }
     }
 
@@ -566,7 +611,8 @@ impl UapiClient {
         }
 
         // Read until the blank line after `errno=`, end of stream, or the deadline.
-        let mut reply = Vec::new();
+        let mut reply =
+            Vec::with_capacity(self.last_reply_len.get() + self.last_reply_len.get() / 8);
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             stream
@@ -592,6 +638,9 @@ impl UapiClient {
             }
         }
         tracing::trace!(iface = %self.iface, what, bytes = reply.len(), "UAPI reply");
+        if what == "get" {
+            self.last_reply_len.set(reply.len());
+        }
         String::from_utf8(reply)
             .map_err(|_| malformed(&self.iface, format!("reply to {what} is not UTF-8")))
     }
