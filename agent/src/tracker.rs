@@ -90,6 +90,13 @@ impl PeerTracker {
     pub fn on_sample(&mut self, now: Time, wall_now: SystemTime, peer: &PeerInfo) {
         let prev = self.last;
         let handshake = peer.last_handshake.filter(|&t| t > SystemTime::UNIX_EPOCH);
+        // boringtun reports the handshake as "seconds ago", which we turn into wall time: that
+        // moves by up to a timer tick (250 ms) between polls. Keep the first reading of a
+        // handshake so that it is not taken for a new one.
+        let handshake = match (prev.and_then(|p| p.last_handshake), handshake) {
+            (Some(old), Some(new)) if same_handshake(Some(old), new) => Some(old),
+            (_, h) => h,
+        };
         let sample = Sample {
             at: now,
             last_handshake: handshake,
@@ -114,10 +121,11 @@ impl PeerTracker {
             // First sight: a handshake recent enough that its entry may still be on the short
             // timeout is followed up like a new one.
             if let Some(wall) = handshake {
-                let at = monotonic(now, wall_now, wall);
+                // Judged in wall time: the monotonic clock may not reach that far back.
+                let age = wall_now.duration_since(wall).unwrap_or_default();
                 let short = self.keeper.config().rules.initial_timeout();
-                if now - at < short {
-                    self.new_handshake(at, wall);
+                if age < short {
+                    self.new_handshake(monotonic(now, wall_now, wall), wall);
                 }
             }
             return;
@@ -146,7 +154,7 @@ impl PeerTracker {
             }
         }
         if let Some(wall) = handshake {
-            if prev.last_handshake != Some(wall) {
+            if !same_handshake(prev.last_handshake, wall) {
                 let at = monotonic(now, wall_now, wall)
                     .max(prev.at + AFTER_POLL)
                     .min(now);
@@ -199,6 +207,17 @@ impl PeerTracker {
     pub fn poll_event(&mut self) -> Option<TrackerEvent> {
         self.events.pop_front()
     }
+}
+
+/// Two readings this close are the same handshake. WireGuard handshakes are at least
+/// REKEY_TIMEOUT (5 s) apart; boringtun's relative times jitter by a timer tick.
+const SAME_HANDSHAKE: Duration = Duration::from_secs(1);
+
+fn same_handshake(prev: Option<SystemTime>, new: SystemTime) -> bool {
+    prev.is_some_and(|p| {
+        let d = new.duration_since(p).unwrap_or_else(|e| e.duration());
+        d < SAME_HANDSHAKE
+    })
 }
 
 /// The monotonic time of a wall-clock instant `wall`, given that `wall_now` is `now`.
@@ -311,6 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn boringtun_relative_handshake_jitter_is_one_handshake() {
+        let mut tr = tracker(Side::Client);
+        sample(&mut tr, 0, &peer(None, 0, 0));
+        sample(&mut tr, 1_000, &peer(Some(400), 92, 180));
+        // Converted from "seconds ago" at 250 ms granularity: the same handshake drifts.
+        for (at, hs) in [(2_000, 650), (3_000, 150), (4_000, 900)] {
+            sample(&mut tr, at, &peer(Some(hs), 92, 180));
+        }
+        let handshakes = std::iter::from_fn(|| tr.poll_event())
+            .filter(|e| matches!(e, TrackerEvent::Handshake { .. }))
+            .count();
+        assert_eq!(handshakes, 1);
+        assert_eq!(tr.poll_timeout(), Some(t(2_900)));
+        // A real new handshake is seconds later.
+        sample(&mut tr, 130_000, &peer(Some(129_500), 300, 400));
+        assert!(matches!(tr.poll_event(), Some(TrackerEvent::Handshake { .. })));
+    }
+
+    #[test]
     fn counters_going_down_are_a_reset_not_a_negative_delta() {
         let mut tr = tracker(Side::Server);
         sample(&mut tr, 0, &peer(None, 1_000, 1_000));
@@ -324,6 +362,10 @@ mod tests {
         // Agent started 60 s after the handshake: a RouterOS entry on its 10 s timeout is gone
         // or was promoted by traffic; either way a follow-up is not the fix.
         tr.on_sample(t(60_000), wall(60_000), &peer(Some(0), 92, 180));
+        assert_eq!(tr.poll_timeout(), None);
+        // Judged by wall time even when the monotonic clock is young (the agent just started).
+        let mut tr = tracker(Side::Client);
+        tr.on_sample(t(1_000), wall(60_000), &peer(Some(45_000), 92, 180));
         assert_eq!(tr.poll_timeout(), None);
         // A fresh one (1 s ago) is followed up.
         let mut tr = tracker(Side::Client);

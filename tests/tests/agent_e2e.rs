@@ -1143,6 +1143,10 @@ fn tunnel_packet_follow_up_with_boringtun() {
         .map(|p| std::env::split_paths(&p).any(|d| d.join("boringtun-cli").is_file()))
         .unwrap_or(false);
     if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "boringtun-cli is not on PATH: .ci/run must install it (cargo install boringtun-cli --version 0.7.1 --locked)"
+        );
         eprintln!(
             "\nSKIPPED: agent_e2e::tunnel_packet_follow_up_with_boringtun: boringtun-cli is not on \
              PATH (install it to run the tunnel-packet follow-up against boringtun)\n"

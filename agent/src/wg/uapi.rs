@@ -28,7 +28,6 @@ use std::time::{Duration, SystemTime};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{AllowedIp, DeviceInfo, Implementation, Key, PeerInfo, WgError};
-use crate::clock::Clock;
 
 /// Where userspace implementations put their UAPI sockets (shared by all network namespaces).
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -564,11 +563,11 @@ impl UapiClient {
     /// including the blank line after `errno=` (or whatever came before the connection closed;
     /// the parsers reject a reply without `errno=`).
     fn transact(&self, request: &[u8], what: &'static str) -> Result<String, WgError> {
-        let clock = Clock::start();
+        let deadline = crate::clock::instant_now() + self.timeout;
         // Time left, or the timeout error if none is.
         let remaining = || {
-            self.timeout
-                .checked_sub(clock.now().since_origin())
+            deadline
+                .checked_duration_since(crate::clock::instant_now())
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| self.timeout_error())
         };
