@@ -345,7 +345,10 @@ mod tests {
         assert_eq!(tr.poll_timeout(), Some(t(2_900)));
         // A real new handshake is seconds later.
         sample(&mut tr, 130_000, &peer(Some(129_500), 300, 400));
-        assert!(matches!(tr.poll_event(), Some(TrackerEvent::Handshake { .. })));
+        assert!(matches!(
+            tr.poll_event(),
+            Some(TrackerEvent::Handshake { .. })
+        ));
     }
 
     #[test]
