@@ -15,6 +15,7 @@ use crate::metrics::{Metrics, PeerMetrics};
 use crate::state::{Change, Saved, StateDir};
 use crate::tracker::{PeerTracker, TrackerEvent};
 use crate::wg::{tunnel_packet, AllowedIp, DeviceInfo, Implementation, Key, KeyMap, WgError};
+use wgkeep_probe::Time;
 
 struct Peer {
     tracker: PeerTracker,
@@ -52,6 +53,8 @@ pub(super) struct IfaceTask {
     restore_pending: bool,
     /// Counts polls, to find removed peers without a set.
     generation: u64,
+    /// The earliest keeper timer of any peer (kept up to date by every pass over the peers).
+    next_due: Option<Time>,
     waiting_logged: bool,
     last_error: Option<String>,
     warned: HashSet<&'static str>,
@@ -83,6 +86,7 @@ impl IfaceTask {
             peers: KeyMap::default(),
             restore_pending: true,
             generation: 0,
+            next_due: None,
             waiting_logged: false,
             last_error: None,
             warned: HashSet::new(),
@@ -97,10 +101,7 @@ impl IfaceTask {
                 break;
             }
             let deadline = self
-                .peers
-                .values()
-                .filter_map(|p| p.tracker.poll_timeout())
-                .min()
+                .next_due
                 .map(|t| tokio::time::Instant::from_std(self.clock.instant(t)));
             let timer = async move {
                 match deadline {
@@ -193,6 +194,7 @@ impl IfaceTask {
         self.device = None;
         self.implementation = None;
         self.peers.clear();
+        self.next_due = None;
         self.metrics.detach(&self.name);
         self.metrics
             .interface_up
@@ -242,6 +244,8 @@ impl IfaceTask {
         self.generation += 1;
         let generation = self.generation;
         let mut added = 0usize;
+        let stream_timeout = self.cfg.rules.initial_timeout();
+        let mut next_due: Option<Time> = None;
         for p in &info.peers {
             let side = self.side_for(p.persistent_keepalive);
             let keeper_cfg = KeeperConfig {
@@ -295,17 +299,23 @@ impl IfaceTask {
                 .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64);
             peer.metrics.last_handshake.store(hs, Ordering::Relaxed);
+            // Everything about this peer while it is in cache: 10 000 peers are megabytes.
+            drain_peer_events(&self.name, stream_timeout, peer);
+            next_due = min_time(next_due, peer.tracker.poll_timeout());
         }
-        let name = self.name.clone();
-        let metrics = self.metrics.clone();
-        self.peers.retain(|key, p| {
-            let keep = p.seen == generation;
-            if !keep {
-                tracing::info!("{name}: peer {key} removed");
-                metrics.remove_peer(&name, &p.label);
-            }
-            keep
-        });
+        self.next_due = next_due;
+        if self.peers.len() != info.peers.len() {
+            let name = self.name.clone();
+            let metrics = self.metrics.clone();
+            self.peers.retain(|key, p| {
+                let keep = p.seen == generation;
+                if !keep {
+                    tracing::info!("{name}: peer {key} removed");
+                    metrics.remove_peer(&name, &p.label);
+                }
+                keep
+            });
+        }
         if added > 0 {
             tracing::info!(
                 "{}: {added} peer(s) added, {} in all",
@@ -313,82 +323,26 @@ impl IfaceTask {
                 self.peers.len()
             );
         }
-        self.drain_tracker_events();
         if self.cfg.mode == Mode::Adapt {
             self.adapt().await;
-        }
-    }
-
-    fn drain_tracker_events(&mut self) {
-        let stream_timeout = self.cfg.rules.initial_timeout();
-        for peer in self.peers.values_mut() {
-            while let Some(ev) = peer.tracker.poll_event() {
-                match ev {
-                    TrackerEvent::Handshake { .. } => {
-                        peer.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("{}: handshake with {}", self.name, peer.label);
-                    }
-                    TrackerEvent::EndpointChanged { from, to, idle } => {
-                        peer.metrics
-                            .endpoint_changes
-                            .fetch_add(1, Ordering::Relaxed);
-                        match idle {
-                            Some(idle) if idle > stream_timeout => tracing::info!(
-                                "{}: peer {} came back from {to} (was {from}) after {} idle: its NAT mapping expired",
-                                self.name,
-                                peer.label,
-                                humantime::format_duration(Duration::from_secs(idle.as_secs()))
-                            ),
-                            _ => tracing::info!("{}: peer {} endpoint {from} -> {to}", self.name, peer.label),
-                        }
-                    }
-                    TrackerEvent::CountersReset => {
-                        tracing::info!(
-                            "{}: counters of peer {} went down (interface or peer re-created)",
-                            self.name,
-                            peer.label
-                        );
-                    }
-                    TrackerEvent::FollowUpConfirmed => {
-                        tracing::debug!(
-                            "{}: follow-up to {} confirmed by tx_bytes",
-                            self.name,
-                            peer.label
-                        );
-                    }
-                    TrackerEvent::FollowUpUnconfirmed => {
-                        peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "{}: follow-up to {} not seen in tx_bytes by the next poll",
-                            self.name,
-                            peer.label
-                        );
-                    }
-                }
-            }
         }
     }
 
     /// Send the follow-ups that are due.
     async fn fire(&mut self) {
         let now = self.clock.now();
+        if !self.next_due.is_some_and(|t| t <= now) {
+            return;
+        }
         let implementation = self.implementation;
+        let stream_timeout = self.cfg.rules.initial_timeout();
         let mut jobs = Vec::new();
+        let mut next_due = None;
         for (key, peer) in &mut self.peers {
             if peer.tracker.poll_timeout().is_some_and(|t| t <= now) {
                 peer.tracker.handle_timeout(now);
             }
-            while let Some(ev) = peer.tracker.poll_keeper_event() {
-                if let KeeperEvent::Skipped { reason, .. } = ev {
-                    peer.metrics.skip(reason.as_str());
-                    tracing::debug!(
-                        "{}: follow-up to {} not needed ({})",
-                        self.name,
-                        peer.label,
-                        reason.as_str()
-                    );
-                }
-            }
+            drain_peer_events(&self.name, stream_timeout, peer);
             while let Some(Action::FollowUp(reason)) = peer.tracker.poll_action() {
                 if self.cfg.mode == Mode::Observe {
                     continue;
@@ -406,7 +360,9 @@ impl IfaceTask {
                     target: tunnel_packet::target(&peer.allowed_ips),
                 });
             }
+            next_due = min_time(next_due, peer.tracker.poll_timeout());
         }
+        self.next_due = next_due;
         if jobs.is_empty() {
             return;
         }
@@ -436,6 +392,7 @@ impl IfaceTask {
             match result {
                 Ok(()) => {
                     peer.tracker.on_follow_up_sent(now);
+                    self.next_due = min_time(self.next_due, peer.tracker.poll_timeout());
                     peer.metrics.follow_up(job.method.as_str());
                     tracing::debug!(
                         "{}: follow-up to {} ({}, {})",
@@ -606,5 +563,63 @@ impl IfaceTask {
                 tracing::warn!("{}: cannot remove the state file: {e}", self.name);
             }
         }
+    }
+}
+
+/// Log and count what one peer's tracker and keeper noticed.
+fn drain_peer_events(name: &str, stream_timeout: Duration, peer: &mut Peer) {
+    while let Some(ev) = peer.tracker.poll_event() {
+        match ev {
+            TrackerEvent::Handshake { .. } => {
+                peer.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{name}: handshake with {}", peer.label);
+            }
+            TrackerEvent::EndpointChanged { from, to, idle } => {
+                peer.metrics
+                    .endpoint_changes
+                    .fetch_add(1, Ordering::Relaxed);
+                match idle {
+                    Some(idle) if idle > stream_timeout => tracing::info!(
+                        "{name}: peer {} came back from {to} (was {from}) after {} idle: its NAT mapping expired",
+                        peer.label,
+                        humantime::format_duration(Duration::from_secs(idle.as_secs()))
+                    ),
+                    _ => tracing::info!("{name}: peer {} endpoint {from} -> {to}", peer.label),
+                }
+            }
+            TrackerEvent::CountersReset => {
+                tracing::info!(
+                    "{name}: counters of peer {} went down (interface or peer re-created)",
+                    peer.label
+                );
+            }
+            TrackerEvent::FollowUpConfirmed => {
+                tracing::debug!("{name}: follow-up to {} confirmed by tx_bytes", peer.label);
+            }
+            TrackerEvent::FollowUpUnconfirmed => {
+                peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{name}: follow-up to {} not seen in tx_bytes by the next poll",
+                    peer.label
+                );
+            }
+        }
+    }
+    while let Some(ev) = peer.tracker.poll_keeper_event() {
+        if let KeeperEvent::Skipped { reason, .. } = ev {
+            peer.metrics.skip(reason.as_str());
+            tracing::debug!(
+                "{name}: follow-up to {} not needed ({})",
+                peer.label,
+                reason.as_str()
+            );
+        }
+    }
+}
+
+fn min_time(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
