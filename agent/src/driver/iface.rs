@@ -331,7 +331,7 @@ impl IfaceTask {
     /// Send the follow-ups that are due.
     async fn fire(&mut self) {
         let now = self.clock.now();
-        if !self.next_due.is_some_and(|t| t <= now) {
+        if self.next_due.is_none_or(|t| t > now) {
             return;
         }
         let implementation = self.implementation;
