@@ -26,6 +26,7 @@
 //! PersistentKeepalive below `udp.multiple` helps ([`keepalive_advice`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -184,39 +185,76 @@ pub struct KeeperStats {
     pub skipped_expired: u64,
 }
 
+/// A FIFO that costs one pointer while empty. A keeper and a tracker per peer (10 000 in the
+/// agent) each hold some, which are drained as soon as anything is queued: the storage exists only
+/// while something waits in it.
+#[derive(Debug)]
+#[allow(
+    clippy::box_collection,
+    reason = "one pointer in the keeper instead of a 32-byte VecDeque"
+)]
+pub(crate) struct Queue<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(None)
+    }
+}
+
+impl<T> Queue<T> {
+    pub(crate) fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_with(Box::default).push_back(item);
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        let queue = self.0.as_mut()?;
+        let item = queue.pop_front();
+        if queue.is_empty() {
+            self.0 = None;
+        }
+        item
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Due {
     at: Time,
     reason: FollowUpReason,
 }
 
-/// The per-peer keeper.
+/// The per-peer keeper. Kept small (the agent holds one per peer): the configuration may be
+/// shared, the estimate is boxed.
 #[derive(Debug)]
 pub struct Keeper {
-    cfg: KeeperConfig,
+    cfg: Arc<KeeperConfig>,
     /// The estimated NAT entry.
-    estimate: Option<Entry>,
+    estimate: Option<Box<Entry>>,
     /// A handshake completed at this time and no packet has passed after `t + grace` yet.
     handshake_at: Option<Time>,
     /// The last packet seen, to notice events reported out of order.
     last_seen: Option<Time>,
     due: Option<Due>,
-    actions: VecDeque<Action>,
-    events: VecDeque<KeeperEvent>,
+    actions: Queue<Action>,
+    events: Queue<KeeperEvent>,
     stats: KeeperStats,
 }
 
 impl Keeper {
     /// A keeper that has seen nothing yet.
     pub fn new(cfg: KeeperConfig) -> Keeper {
+        Keeper::with_shared_config(Arc::new(cfg))
+    }
+
+    /// [`Keeper::new`] with a configuration shared with other keepers.
+    pub fn with_shared_config(cfg: Arc<KeeperConfig>) -> Keeper {
         Keeper {
             cfg,
             estimate: None,
             handshake_at: None,
             last_seen: None,
             due: None,
-            actions: VecDeque::new(),
-            events: VecDeque::new(),
+            actions: Queue::default(),
+            events: Queue::default(),
             stats: KeeperStats::default(),
         }
     }
@@ -233,7 +271,15 @@ impl Keeper {
 
     /// The estimated NAT entry, if the keeper believes one exists at `now`.
     pub fn estimate(&self, now: Time) -> Option<&Entry> {
-        self.estimate.as_ref().filter(|e| e.is_alive(now))
+        self.estimate.as_deref().filter(|e| e.is_alive(now))
+    }
+
+    /// Replaces the estimate, in the box of the previous one if there was one.
+    fn set_estimate(&mut self, entry: Entry) {
+        match &mut self.estimate {
+            Some(b) => **b = entry,
+            None => self.estimate = Some(Box::new(entry)),
+        }
     }
 
     /// The peer sent or received one packet at `now`.
@@ -248,7 +294,7 @@ impl Keeper {
             }
             None => match dir {
                 // The original direction creates the entry.
-                Direction::Original => self.estimate = Some(Entry::new(self.cfg.rules, now)),
+                Direction::Original => self.set_estimate(Entry::new(self.cfg.rules, now)),
                 // A reply-direction packet with no entry: on the server it is lost in the NAT;
                 // on the client it arrived, so an entry exists that the estimate missed (longer
                 // timeouts than assumed). Assume it is new and replied: the conservative guess.
@@ -257,7 +303,7 @@ impl Keeper {
                     Side::Client => {
                         let mut e = Entry::new(self.cfg.rules, now);
                         e.on_packet(now, Direction::Reply);
-                        self.estimate = Some(e);
+                        self.set_estimate(e);
                     }
                 },
             },

@@ -6,13 +6,13 @@
 //! a packet pass after the grace period?" the conservative answer is the earliest possible time,
 //! just after the previous poll; so that is when counter changes are reported.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use wgkeep_probe::Time;
 
-use crate::keeper::{Action, Keeper, KeeperConfig, KeeperEvent, Side, Traffic};
+use crate::keeper::{Action, Keeper, KeeperConfig, KeeperEvent, Queue, Side, Traffic};
 use crate::wg::PeerInfo;
 
 /// A counter change is reported this long after the previous poll (it happened after it).
@@ -65,19 +65,25 @@ pub struct PeerTracker {
     endpoint: Option<SocketAddr>,
     /// tx_bytes before a follow-up, waiting for the next sample to confirm it.
     confirming: Option<u64>,
-    events: VecDeque<TrackerEvent>,
+    events: Queue<TrackerEvent>,
 }
 
 impl PeerTracker {
     /// A tracker that has not seen the peer yet.
     pub fn new(cfg: KeeperConfig) -> PeerTracker {
+        PeerTracker::with_shared_config(Arc::new(cfg))
+    }
+
+    /// [`PeerTracker::new`] with a keeper configuration shared with other trackers (the agent's
+    /// peers of one side share one).
+    pub fn with_shared_config(cfg: Arc<KeeperConfig>) -> PeerTracker {
         PeerTracker {
-            keeper: Keeper::new(cfg),
+            keeper: Keeper::with_shared_config(cfg),
             last: None,
             last_rx_change: None,
             endpoint: None,
             confirming: None,
-            events: VecDeque::new(),
+            events: Queue::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! One interface: attach, poll, feed the trackers, send follow-ups, adapt, restore.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,18 +15,111 @@ use crate::keeper::{keepalive_advice, Action, FollowUpReason, KeeperConfig, Keep
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::state::{Change, Saved, StateDir};
 use crate::tracker::{PeerTracker, TrackerEvent};
-use crate::wg::{tunnel_packet, AllowedIp, DeviceInfo, Implementation, Key, KeyMap, WgError};
+use crate::wg::{tunnel_packet, DeviceInfo, Implementation, Key, KeyMap, WgError};
 use wgkeep_probe::Time;
 
+/// One peer, kept small: 10 000 of them are looked up every poll. Its label in logs and metrics
+/// is its key in base64 (`Key`'s `Display`), made when needed.
 struct Peer {
     tracker: PeerTracker,
-    label: String,
     keepalive: Option<u16>,
-    allowed_ips: Vec<AllowedIp>,
+    /// Where a tunnel-packet follow-up goes: from its allowed IPs, as of the last poll.
+    target: Option<SocketAddr>,
     /// The poll that last saw it.
     seen: u64,
+    /// The last handshake (Unix seconds, 0: never) as last stored in `metrics` (`i64::MIN`: not
+    /// yet), so that an unchanged value does not touch them.
+    handshake_metric: i64,
     /// Its series (atomics: no lookup per poll).
     metrics: Arc<PeerMetrics>,
+}
+
+/// The peers of an interface: vectors with an index by key. The vectors are in the order of the
+/// replies that added the peers, which later replies mostly follow: wireguard-go lists its peer
+/// map from a random bucket, each bucket's (up to eight) entries rotated by a random offset, but
+/// otherwise in the same order. So a poll looks for each peer right after the previous one, then
+/// among the keys around it, and only then in the index: most of 10 000 look-ups are a few key
+/// comparisons in memory read in sequence, not a hash lookup in a table of megabytes.
+#[derive(Default)]
+struct PeerTable {
+    /// The key of `peers[i]`, densely, for the search around the expected slot.
+    keys: Vec<Key>,
+    peers: Vec<Peer>,
+    index: KeyMap<u32>,
+}
+
+/// How far [`PeerTable::find`] looks around the expected slot: a bucket of Go's map.
+const NEAR: usize = 8;
+
+impl PeerTable {
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn clear(&mut self) {
+        *self = PeerTable::default();
+    }
+
+    /// Where `key` is, looking at `hint` first, then near it.
+    fn find(&self, key: &Key, hint: usize) -> Option<usize> {
+        if self.keys.get(hint) == Some(key) {
+            return Some(hint);
+        }
+        let from = hint.saturating_sub(NEAR);
+        let near = self.keys.get(from..(hint + NEAR).min(self.keys.len()));
+        if let Some(i) = near.and_then(|near| near.iter().position(|k| k == key)) {
+            return Some(from + i);
+        }
+        self.index.get(key).map(|&i| i as usize)
+    }
+
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Peer> {
+        let i = *self.index.get(key)?;
+        self.peers.get_mut(i as usize)
+    }
+
+    /// Adds a peer that is not there yet; its slot.
+    fn push(&mut self, key: Key, peer: Peer) -> usize {
+        let slot = self.peers.len();
+        self.index
+            .insert(key, u32::try_from(slot).expect("under 2^32 peers"));
+        self.keys.push(key);
+        self.peers.push(peer);
+        slot
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Key, &Peer)> {
+        self.keys.iter().zip(&self.peers)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&Key, &mut Peer)> {
+        self.keys.iter().zip(&mut self.peers)
+    }
+
+    /// Room for `n` peers in all, allocated at once rather than doubling up to it.
+    fn reserve_total(&mut self, n: usize) {
+        let more = n.saturating_sub(self.peers.len());
+        self.keys.reserve_exact(more);
+        self.peers.reserve_exact(more);
+        self.index.reserve(more);
+    }
+
+    /// Removes the peers for which `remove` is true.
+    fn remove_where(&mut self, mut remove: impl FnMut(&Key, &Peer) -> bool) {
+        let mut i = 0;
+        while i < self.peers.len() {
+            if !remove(&self.keys[i], &self.peers[i]) {
+                i += 1;
+                continue;
+            }
+            self.peers.swap_remove(i);
+            let gone = self.keys.swap_remove(i);
+            self.index.remove(&gone);
+            if let Some(moved) = self.keys.get(i) {
+                self.index.insert(*moved, i as u32);
+            }
+        }
+    }
 }
 
 /// A follow-up to send.
@@ -34,7 +128,7 @@ struct Job {
     reason: FollowUpReason,
     method: Method,
     keepalive: Option<u16>,
-    target: Option<std::net::SocketAddr>,
+    target: Option<SocketAddr>,
 }
 
 pub(super) struct IfaceTask {
@@ -46,13 +140,17 @@ pub(super) struct IfaceTask {
     state: StateDir,
     device: Option<Arc<Mutex<Box<dyn Device>>>>,
     implementation: Option<Implementation>,
-    peers: KeyMap<Peer>,
+    peers: PeerTable,
     /// adapt mode's changes in force (mirrors the state file).
     saved: Saved,
     /// A state file may be waiting to be restored (checked on each attach).
     restore_pending: bool,
+    /// The keeper configurations of client-side and server-side peers, shared by their trackers.
+    keeper_cfgs: [Arc<KeeperConfig>; 2],
     /// Counts polls, to find removed peers without a set.
     generation: u64,
+    /// The previous poll's reply, read into again by the next one (no allocations per peer).
+    spare: Option<DeviceInfo>,
     /// The earliest keeper timer of any peer (kept up to date by every pass over the peers).
     next_due: Option<Time>,
     waiting_logged: bool,
@@ -70,7 +168,16 @@ impl IfaceTask {
         state: StateDir,
     ) -> IfaceTask {
         metrics.interface_up.with_label_values(&[&name]).set(0);
+        // Indexed by `side == Side::Server`.
+        let keeper_cfgs = [Side::Client, Side::Server].map(|side| {
+            Arc::new(KeeperConfig {
+                rules: cfg.rules,
+                side,
+                follow_up_delay: cfg.follow_up_delay,
+            })
+        });
         IfaceTask {
+            keeper_cfgs,
             saved: Saved {
                 interface: name.clone(),
                 ..Saved::default()
@@ -83,9 +190,10 @@ impl IfaceTask {
             state,
             device: None,
             implementation: None,
-            peers: KeyMap::default(),
+            peers: PeerTable::default(),
             restore_pending: true,
             generation: 0,
+            spare: None,
             next_due: None,
             waiting_logged: false,
             last_error: None,
@@ -194,6 +302,7 @@ impl IfaceTask {
         self.device = None;
         self.implementation = None;
         self.peers.clear();
+        self.spare = None;
         self.next_due = None;
         self.metrics.detach(&self.name);
         self.metrics
@@ -207,22 +316,35 @@ impl IfaceTask {
         if self.device.is_none() && !self.attach().await {
             return;
         }
-        match self.blocking(|d| d.get()).await {
-            Some(Ok(info)) => {
+        let mut info = self.spare.take().unwrap_or_else(DeviceInfo::empty);
+        let read = self
+            .blocking(move |d| {
+                let r = d.get_into(&mut info);
+                (info, r)
+            })
+            .await;
+        match read {
+            Some((info, Ok(()))) => {
                 self.last_error = None;
                 if self.restore_pending {
                     self.restore_pending = false;
                     self.restore_leftovers(&info).await;
                 }
-                self.on_info(info).await;
+                self.on_info(&info).await;
+                self.spare = Some(info);
             }
-            Some(Err(WgError::NotFound(_))) => self.detach("interface is gone"),
-            Some(Err(e @ WgError::Timeout(..))) => {
-                self.warn_once("timeout", format!("{e}; will retry"));
-            }
-            Some(Err(e)) => {
-                tracing::warn!("{}: reading the interface failed: {e}", self.name);
-                self.detach("cannot read the interface");
+            Some((info, Err(e))) => {
+                self.spare = Some(info);
+                match e {
+                    WgError::NotFound(_) => self.detach("interface is gone"),
+                    e @ WgError::Timeout(..) => {
+                        self.warn_once("timeout", format!("{e}; will retry"));
+                    }
+                    e => {
+                        tracing::warn!("{}: reading the interface failed: {e}", self.name);
+                        self.detach("cannot read the interface");
+                    }
+                }
             }
             None => {}
         }
@@ -238,7 +360,7 @@ impl IfaceTask {
         }
     }
 
-    async fn on_info(&mut self, info: DeviceInfo) {
+    async fn on_info(&mut self, info: &DeviceInfo) {
         let now = self.clock.now();
         let wall = wall_now();
         self.generation += 1;
@@ -246,16 +368,22 @@ impl IfaceTask {
         let mut added = 0usize;
         let stream_timeout = self.cfg.rules.initial_timeout();
         let mut next_due: Option<Time> = None;
+        // One allocation of the right size, not a doubling (with copies) while the first poll
+        // inserts 10 000 peers.
+        self.peers.reserve_total(info.peers.len());
+        let mut hint = 0;
+        // Where a tunnel-packet follow-up would go matters only when one can be sent (the
+        // implementation is known from the attach, which comes with an empty peer table).
+        let tunnel_packets = matches!(
+            (self.cfg.method, self.implementation),
+            (Method::TunnelPacket, _) | (Method::Auto, Some(Implementation::Boringtun))
+        );
         for p in &info.peers {
             let side = self.side_for(p.persistent_keepalive);
-            let keeper_cfg = KeeperConfig {
-                rules: self.cfg.rules,
-                side,
-                follow_up_delay: self.cfg.follow_up_delay,
-            };
-            let peer = match self.peers.entry(p.public_key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
+            let keeper_cfg = &self.keeper_cfgs[usize::from(side == Side::Server)];
+            let slot = match self.peers.find(&p.public_key, hint) {
+                Some(slot) => slot,
+                None => {
                     added += 1;
                     tracing::debug!(
                         "{}: peer {} added ({} side)",
@@ -263,17 +391,26 @@ impl IfaceTask {
                         p.public_key,
                         side.as_str()
                     );
-                    let label = p.public_key.to_base64();
-                    e.insert(Peer {
-                        tracker: PeerTracker::new(keeper_cfg),
-                        metrics: self.metrics.peer(&self.name, &label),
-                        label,
-                        keepalive: p.persistent_keepalive,
-                        allowed_ips: p.allowed_ips.clone(),
-                        seen: generation,
-                    })
+                    let metrics = self.metrics.peer(&self.name, &p.public_key.to_base64());
+                    metrics.keepalive.store(
+                        i64::from(p.persistent_keepalive.unwrap_or(0)),
+                        Ordering::Relaxed,
+                    );
+                    self.peers.push(
+                        p.public_key,
+                        Peer {
+                            tracker: PeerTracker::with_shared_config(keeper_cfg.clone()),
+                            metrics,
+                            keepalive: p.persistent_keepalive,
+                            target: None,
+                            seen: generation,
+                            handshake_metric: i64::MIN,
+                        },
+                    )
                 }
             };
+            hint = slot + 1;
+            let peer = &mut self.peers.peers[slot];
             peer.seen = generation;
             if peer.tracker.side() != side {
                 // PersistentKeepalive turned on or off: the auto side follows it.
@@ -283,37 +420,42 @@ impl IfaceTask {
                     p.public_key,
                     side.as_str()
                 );
-                peer.tracker = PeerTracker::new(keeper_cfg);
+                peer.tracker = PeerTracker::with_shared_config(keeper_cfg.clone());
             }
-            peer.keepalive = p.persistent_keepalive;
-            if peer.allowed_ips != p.allowed_ips {
-                peer.allowed_ips = p.allowed_ips.clone();
+            if peer.keepalive != p.persistent_keepalive {
+                peer.keepalive = p.persistent_keepalive;
+                peer.metrics.keepalive.store(
+                    i64::from(p.persistent_keepalive.unwrap_or(0)),
+                    Ordering::Relaxed,
+                );
+            }
+            if tunnel_packets {
+                peer.target = tunnel_packet::target(&p.allowed_ips);
             }
             peer.tracker.on_sample(now, wall, p);
-            peer.metrics.keepalive.store(
-                i64::from(p.persistent_keepalive.unwrap_or(0)),
-                Ordering::Relaxed,
-            );
             let hs = p
                 .last_handshake
                 .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64);
-            peer.metrics.last_handshake.store(hs, Ordering::Relaxed);
+            if peer.handshake_metric != hs {
+                peer.handshake_metric = hs;
+                peer.metrics.last_handshake.store(hs, Ordering::Relaxed);
+            }
             // Everything about this peer while it is in cache: 10 000 peers are megabytes.
-            drain_peer_events(&self.name, stream_timeout, peer);
+            drain_peer_events(&self.name, stream_timeout, &p.public_key, peer);
             next_due = min_time(next_due, peer.tracker.poll_timeout());
         }
         self.next_due = next_due;
         if self.peers.len() != info.peers.len() {
             let name = self.name.clone();
             let metrics = self.metrics.clone();
-            self.peers.retain(|key, p| {
-                let keep = p.seen == generation;
-                if !keep {
+            self.peers.remove_where(|key, p| {
+                let gone = p.seen != generation;
+                if gone {
                     tracing::info!("{name}: peer {key} removed");
-                    metrics.remove_peer(&name, &p.label);
+                    metrics.remove_peer(&name, &key.to_base64());
                 }
-                keep
+                gone
             });
         }
         if added > 0 {
@@ -338,11 +480,11 @@ impl IfaceTask {
         let stream_timeout = self.cfg.rules.initial_timeout();
         let mut jobs = Vec::new();
         let mut next_due = None;
-        for (key, peer) in &mut self.peers {
+        for (key, peer) in self.peers.iter_mut() {
             if peer.tracker.poll_timeout().is_some_and(|t| t <= now) {
                 peer.tracker.handle_timeout(now);
             }
-            drain_peer_events(&self.name, stream_timeout, peer);
+            drain_peer_events(&self.name, stream_timeout, key, peer);
             while let Some(Action::FollowUp(reason)) = peer.tracker.poll_action() {
                 if self.cfg.mode == Mode::Observe {
                     continue;
@@ -357,7 +499,7 @@ impl IfaceTask {
                     reason,
                     method,
                     keepalive: peer.keepalive,
-                    target: tunnel_packet::target(&peer.allowed_ips),
+                    target: peer.target,
                 });
             }
             next_due = min_time(next_due, peer.tracker.poll_timeout());
@@ -397,14 +539,14 @@ impl IfaceTask {
                     tracing::debug!(
                         "{}: follow-up to {} ({}, {})",
                         self.name,
-                        peer.label,
+                        job.key,
                         job.reason.as_str(),
                         job.method.as_str()
                     );
                 }
                 Err(e) => {
                     peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
-                    let msg = format!("follow-up to {} failed: {e}", peer.label);
+                    let msg = format!("follow-up to {} failed: {e}", job.key);
                     self.warn_once("follow-up", msg);
                 }
             }
@@ -425,14 +567,14 @@ impl IfaceTask {
         }
         let target = keepalive_advice(&self.cfg.rules, None).recommended;
         let mut changes = Vec::new();
-        for (key, peer) in &self.peers {
+        for (key, peer) in self.peers.iter() {
             let Some(current) = peer.keepalive else {
                 continue;
             };
             if current == target {
                 continue;
             }
-            let label = peer.label.clone();
+            let label = key.to_base64();
             // Someone else changed it since we set it, or we never did: it is the new original.
             self.saved.peers.insert(
                 label,
@@ -567,12 +709,12 @@ impl IfaceTask {
 }
 
 /// Log and count what one peer's tracker and keeper noticed.
-fn drain_peer_events(name: &str, stream_timeout: Duration, peer: &mut Peer) {
+fn drain_peer_events(name: &str, stream_timeout: Duration, key: &Key, peer: &mut Peer) {
     while let Some(ev) = peer.tracker.poll_event() {
         match ev {
             TrackerEvent::Handshake { .. } => {
                 peer.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("{name}: handshake with {}", peer.label);
+                tracing::debug!("{name}: handshake with {}", key);
             }
             TrackerEvent::EndpointChanged { from, to, idle } => {
                 peer.metrics
@@ -581,26 +723,26 @@ fn drain_peer_events(name: &str, stream_timeout: Duration, peer: &mut Peer) {
                 match idle {
                     Some(idle) if idle > stream_timeout => tracing::info!(
                         "{name}: peer {} came back from {to} (was {from}) after {} idle: its NAT mapping expired",
-                        peer.label,
+                        key,
                         humantime::format_duration(Duration::from_secs(idle.as_secs()))
                     ),
-                    _ => tracing::info!("{name}: peer {} endpoint {from} -> {to}", peer.label),
+                    _ => tracing::info!("{name}: peer {} endpoint {from} -> {to}", key),
                 }
             }
             TrackerEvent::CountersReset => {
                 tracing::info!(
                     "{name}: counters of peer {} went down (interface or peer re-created)",
-                    peer.label
+                    key
                 );
             }
             TrackerEvent::FollowUpConfirmed => {
-                tracing::debug!("{name}: follow-up to {} confirmed by tx_bytes", peer.label);
+                tracing::debug!("{name}: follow-up to {} confirmed by tx_bytes", key);
             }
             TrackerEvent::FollowUpUnconfirmed => {
                 peer.metrics.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "{name}: follow-up to {} not seen in tx_bytes by the next poll",
-                    peer.label
+                    key
                 );
             }
         }
@@ -610,7 +752,7 @@ fn drain_peer_events(name: &str, stream_timeout: Duration, peer: &mut Peer) {
             peer.metrics.skip(reason.as_str());
             tracing::debug!(
                 "{name}: follow-up to {} not needed ({})",
-                peer.label,
+                key,
                 reason.as_str()
             );
         }

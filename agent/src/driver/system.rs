@@ -56,6 +56,11 @@ impl Device for Userspace {
         self.implementation = info.implementation;
         Ok(info)
     }
+    fn get_into(&mut self, info: &mut DeviceInfo) -> Result<(), WgError> {
+        self.client.get_into(info)?;
+        self.implementation = info.implementation;
+        Ok(())
+    }
     fn kick(&mut self, peer: &Key, current_keepalive: Option<u16>) -> Result<(), WgError> {
         self.client
             .kick(peer, current_keepalive, self.implementation)

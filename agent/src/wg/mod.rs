@@ -43,38 +43,23 @@ impl Key {
 
     /// From 64 hex digits.
     pub fn from_hex(s: &str) -> Result<Key, BadKey> {
-        let bad = || BadKey(s.to_owned());
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad());
+        Key::from_hex_bytes(s.as_bytes()).ok_or_else(|| BadKey(s.to_owned()))
+    }
+
+    /// From 64 hex digits, as bytes (a UAPI reply is parsed as bytes).
+    pub(crate) fn from_hex_bytes(bytes: &[u8]) -> Option<Key> {
+        if bytes.len() != 64 {
+            return None;
         }
-        // A table lookup per digit (0xff: not hex); this runs for every peer of every poll.
-        const HEX: [u8; 256] = {
-            let mut t = [0xffu8; 256];
-            let mut i = 0;
-            while i < 10 {
-                t[b'0' as usize + i] = i as u8;
-                i += 1;
-            }
-            let mut i = 0;
-            while i < 6 {
-                t[b'a' as usize + i] = 10 + i as u8;
-                t[b'A' as usize + i] = 10 + i as u8;
-                i += 1;
-            }
-            t
-        };
-        let bytes = s.as_bytes();
+        // Eight digits at a time (SWAR): this runs for every peer of every poll.
         let mut out = [0u8; 32];
-        let mut invalid = 0u8;
-        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
-            invalid |= (hi | lo) & 0xf0;
-            *o = (hi << 4) | (lo & 0x0f);
+        let mut invalid = 0;
+        for (o, digits) in out.chunks_exact_mut(4).zip(bytes.chunks_exact(8)) {
+            let (value, bad) = hex8(u64::from_le_bytes(digits.try_into().expect("8 bytes")));
+            o.copy_from_slice(&value.to_le_bytes());
+            invalid |= bad;
         }
-        if invalid != 0 {
-            return Err(bad());
-        }
-        Ok(Key(out))
+        (invalid == 0).then_some(Key(out))
     }
 
     /// From standard base64.
@@ -86,6 +71,29 @@ impl Key {
             .map(Key)
             .map_err(|_| BadKey(s.to_owned()))
     }
+}
+
+/// Eight hex digits, the first in the lowest byte of `x`, as four bytes (the first pair in the
+/// lowest), and a mask that is non-zero when any of them is not a hex digit.
+fn hex8(x: u64) -> (u32, u64) {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    // Per byte on 7-bit values (no carries between bytes): `b + (0x80 - lo)` has bit 7 set iff
+    // `b >= lo`, `b + (0x7f - hi)` iff `b > hi`.
+    let in_range = |v: u64, lo: u8, hi: u8| {
+        (v + ONES * u64::from(0x80 - lo)) & !(v + ONES * u64::from(0x7f - hi)) & HIGH
+    };
+    let low7 = x & !HIGH;
+    let digit = in_range(low7, b'0', b'9');
+    let letter = in_range(low7 | (ONES * 0x20), b'a', b'f');
+    let bad = (x & HIGH) | ((digit | letter) ^ HIGH);
+    // Nibble values, one per byte: '0'..'9' → 0..9, 'a'..'f' and 'A'..'F' → 10..15.
+    let nibbles = (x & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Byte 2k becomes nibble 2k << 4 | nibble 2k+1; then the even bytes are packed.
+    let pairs = ((nibbles << 4) | (nibbles >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let pairs = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    let pairs = pairs | (pairs >> 16);
+    (pairs as u32, bad)
 }
 
 /// A hasher for maps keyed by [`Key`]: public keys are uniformly random (and chosen by the
@@ -137,6 +145,32 @@ mod key_tests {
         assert!(Key::from_hex(&"g".repeat(64)).is_err());
         assert!(Key::from_hex("abcd").is_err());
         assert!("not a key".parse::<Key>().is_err());
+    }
+
+    #[test]
+    fn hex_digits_eight_at_a_time() {
+        // Every byte value at every position, against a digit-by-digit decoder.
+        let digit = |b: u8| char::from(b).to_digit(16).filter(|_| b.is_ascii_hexdigit());
+        let reference = |s: &[u8]| -> Option<[u8; 32]> {
+            let mut out = [0u8; 32];
+            for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+                *o = u8::try_from(digit(pair[0])? << 4 | digit(pair[1])?).ok()?;
+            }
+            Some(out)
+        };
+        let base = *b"0123456789abcdefABCDEF0123456789abcdef0123456789ABCDEFabcdef0123";
+        for pos in 0..64 {
+            for v in 0..=255u8 {
+                let mut s = base;
+                s[pos] = v;
+                assert_eq!(
+                    Key::from_hex_bytes(&s).map(|k| k.0),
+                    reference(&s),
+                    "{v:#04x} at {pos}"
+                );
+            }
+        }
+        assert_eq!(Key::from_hex_bytes(&base[..62]), None);
     }
 }
 
@@ -214,6 +248,18 @@ pub struct DeviceInfo {
     pub listen_port: Option<u16>,
     /// Its peers.
     pub peers: Vec<PeerInfo>,
+}
+
+impl DeviceInfo {
+    /// No peers, nothing known (wireguard-go is the default guess): a buffer to read into.
+    pub fn empty() -> DeviceInfo {
+        DeviceInfo {
+            implementation: Implementation::WireguardGo,
+            public_key: None,
+            listen_port: None,
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// What can go wrong talking to WireGuard.

@@ -15,8 +15,10 @@
 //!   it is told apart. Its handshake time is *relative*. It must never be written to: see
 //!   [`UapiClient::kick`].
 //!
-//! [`parse_get`], [`kick_request`], [`set_keepalive_request`] and [`parse_set_reply`] do no I/O;
-//! [`UapiClient`] does one blocking connection per call, bounded by one overall timeout.
+//! [`parse_get`], [`parse_get_into`], [`kick_request`], [`set_keepalive_request`] and
+//! [`parse_set_reply`] do no I/O; [`UapiClient`] does one blocking connection per call, bounded by
+//! one overall timeout. A `get=1` reply (3 MB for 10 000 peers) is parsed as it is read, a chunk
+//! at a time, into a [`DeviceInfo`] that the agent reuses from poll to poll.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +38,10 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// many allowed IPs each); anything past this is not a WireGuard reply.
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
 
+/// A `get=1` reply is read this much at a time and parsed while it is still in the CPU cache; it
+/// is never held whole.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// What boringtun is told when asked to write.
 const BORINGTUN_REFUSAL: &str = "boringtun panics on UAPI writes to existing peers (\"Modifying \
      existing peers is not yet supported\") and then stops answering on its UAPI socket; wgkeep \
@@ -53,102 +59,108 @@ fn malformed(iface: &str, detail: impl Into<String>) -> WgError {
     }
 }
 
-/// One peer section as read, before the handshake time can be interpreted (that depends on the
-/// implementation, known only at the end of the reply).
-struct RawPeer {
-    public_key: Key,
-    endpoint: Option<SocketAddr>,
-    handshake_sec: Option<u64>,
-    handshake_nsec: Option<u32>,
-    rx_bytes: u64,
-    tx_bytes: u64,
-    persistent_keepalive: Option<u16>,
-    allowed_ips: Vec<AllowedIp>,
+/// The handshake lines of one peer section as read: what they mean depends on the
+/// implementation, known only at the end of the reply.
+#[derive(Clone, Copy, Default)]
+struct RawHandshake {
+    sec: Option<u64>,
+    nsec: Option<u32>,
 }
 
-impl RawPeer {
-    fn new(public_key: Key) -> RawPeer {
-        RawPeer {
-            public_key,
-            endpoint: None,
-            handshake_sec: None,
-            handshake_nsec: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            persistent_keepalive: None,
-            allowed_ips: Vec::new(),
-        }
-    }
-
-    fn finish(
+impl RawHandshake {
+    fn resolve(
         self,
         implementation: Implementation,
         wall_now: SystemTime,
         iface: &str,
-    ) -> Result<PeerInfo, WgError> {
-        let last_handshake = match (self.handshake_sec, self.handshake_nsec) {
-            (None, None) => None,
-            (sec, nsec) => {
-                let since = Duration::new(sec.unwrap_or(0), nsec.unwrap_or(0));
-                match implementation {
-                    // Relative: how long ago the current session was established.
-                    Implementation::Boringtun => {
-                        let at = wall_now
-                            .checked_sub(since)
-                            .filter(|t| *t >= SystemTime::UNIX_EPOCH);
-                        Some(at.ok_or_else(|| {
-                            malformed(iface, format!("handshake {since:?} ago is before 1970"))
-                        })?)
-                    }
-                    // Unix epoch; 0/0 is "never".
-                    _ if since.is_zero() => None,
-                    _ => Some(SystemTime::UNIX_EPOCH.checked_add(since).ok_or_else(|| {
-                        malformed(iface, format!("handshake time {since:?} out of range"))
-                    })?),
-                }
-            }
+    ) -> Result<Option<SystemTime>, WgError> {
+        let (sec, nsec) = match (self.sec, self.nsec) {
+            (None, None) => return Ok(None),
+            (sec, nsec) => (sec.unwrap_or(0), nsec.unwrap_or(0)),
         };
-        Ok(PeerInfo {
-            public_key: self.public_key,
-            endpoint: self.endpoint,
-            last_handshake,
-            rx_bytes: self.rx_bytes,
-            tx_bytes: self.tx_bytes,
-            persistent_keepalive: self.persistent_keepalive,
-            allowed_ips: self.allowed_ips,
-        })
+        let since = Duration::new(sec, nsec);
+        match implementation {
+            // Relative: how long ago the current session was established.
+            Implementation::Boringtun => {
+                let at = wall_now
+                    .checked_sub(since)
+                    .filter(|t| *t >= SystemTime::UNIX_EPOCH);
+                Ok(Some(at.ok_or_else(|| {
+                    malformed(iface, format!("handshake {since:?} ago is before 1970"))
+                })?))
+            }
+            // Unix epoch; 0/0 is "never".
+            _ if since.is_zero() => Ok(None),
+            _ => Ok(Some(SystemTime::UNIX_EPOCH.checked_add(since).ok_or_else(
+                || malformed(iface, format!("handshake time {since:?} out of range")),
+            )?)),
+        }
     }
 }
 
-fn parse_num<T: TryFrom<u64>>(iface: &str, key: &str, value: &str) -> Result<T, WgError> {
+fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+fn parse_num<T: TryFrom<u64>>(iface: &str, key: &str, value: &[u8]) -> Result<T, WgError> {
     // Plain decimal digits, as every implementation prints them; a byte loop, since this runs
     // for several lines of every peer of every poll.
-    let bad = || malformed(iface, format!("`{key}={value}`: not a valid number"));
-    if value.is_empty() || value.len() > 20 {
-        return Err(bad());
-    }
-    let mut n: u64 = 0;
-    for b in value.bytes() {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return Err(bad());
+    let bad = || {
+        malformed(
+            iface,
+            format!("`{key}={}`: not a valid number", lossy(value)),
+        )
+    };
+    let n = match value.len() {
+        // Up to 19 digits fit a u64: no overflow check per digit.
+        1..=19 => {
+            let mut n: u64 = 0;
+            let mut invalid = false;
+            for &b in value {
+                let d = b.wrapping_sub(b'0');
+                invalid |= d > 9;
+                n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+            }
+            if invalid {
+                return Err(bad());
+            }
+            n
         }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d)))
-            .ok_or_else(bad)?;
-    }
+        20 => {
+            let mut n: u64 = 0;
+            for &b in value {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    return Err(bad());
+                }
+                n = n
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d)))
+                    .ok_or_else(bad)?;
+            }
+            n
+        }
+        _ => return Err(bad()),
+    };
     T::try_from(n).map_err(|_| bad())
 }
 
-fn parse_key(iface: &str, key: &str, value: &str) -> Result<Key, WgError> {
-    Key::from_hex(value).map_err(|_| malformed(iface, format!("`{key}=`: not 64 hex digits")))
+fn parse_key(iface: &str, key: &str, value: &[u8]) -> Result<Key, WgError> {
+    Key::from_hex_bytes(value)
+        .ok_or_else(|| malformed(iface, format!("`{key}=`: not 64 hex digits")))
 }
 
 /// An endpoint as wireguard-go (Go `netip.AddrPort`) or boringtun (Rust `SocketAddr`) prints it:
 /// `1.2.3.4:5`, `[::1]:5`, `[fe80::1%2]:5`. A named IPv6 zone (`[fe80::1%eth0]:5`, which Go may
 /// print) is dropped (scope id 0): resolving it would need the interface's namespace.
-fn parse_endpoint(iface: &str, value: &str) -> Result<SocketAddr, WgError> {
+fn parse_endpoint(iface: &str, value: &[u8]) -> Result<SocketAddr, WgError> {
+    let bad = || {
+        malformed(
+            iface,
+            format!("`endpoint={}`: not an address", lossy(value)),
+        )
+    };
+    let value = std::str::from_utf8(value).map_err(|_| bad())?;
     if let Ok(addr) = value.parse() {
         return Ok(addr);
     }
@@ -160,19 +172,17 @@ fn parse_endpoint(iface: &str, value: &str) -> Result<SocketAddr, WgError> {
             }
         }
     }
-    Err(malformed(
-        iface,
-        format!("`endpoint={value}`: not an address"),
-    ))
+    Err(bad())
 }
 
-fn parse_allowed_ip(iface: &str, value: &str) -> Result<AllowedIp, WgError> {
+fn parse_allowed_ip(iface: &str, value: &[u8]) -> Result<AllowedIp, WgError> {
     let bad = || {
         malformed(
             iface,
-            format!("`allowed_ip={value}`: not an address/prefix"),
+            format!("`allowed_ip={}`: not an address/prefix", lossy(value)),
         )
     };
+    let value = std::str::from_utf8(value).map_err(|_| bad())?;
     let (addr, cidr) = value.split_once('/').ok_or_else(bad)?;
     let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let cidr: u8 = cidr.parse().map_err(|_| bad())?;
@@ -185,7 +195,11 @@ fn parse_allowed_ip(iface: &str, value: &str) -> Result<AllowedIp, WgError> {
 
 /// The `N` of an `errno=N` line, made positive (wireguard-go sends `-22`, boringtun `22`).
 fn parse_errno(iface: &str, value: &str) -> Result<i32, WgError> {
-    let n: i32 = parse_num(iface, "errno", value.strip_prefix('-').unwrap_or(value))?;
+    let n: i32 = parse_num(
+        iface,
+        "errno",
+        value.strip_prefix('-').unwrap_or(value).as_bytes(),
+    )?;
     Ok(n)
 }
 
@@ -240,10 +254,451 @@ fn body_lines(body: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `key=value`; keys are short, so a byte scan beats a searcher.
-fn split_key(line: &str) -> Option<(&str, &str)> {
-    let i = line.bytes().position(|b| b == b'=')?;
-    Some((&line[..i], &line[i + 1..]))
+/// The index of the first `\n` in `s`, eight bytes at a time (SWAR: a line is ~30 bytes, and
+/// every byte of a 10 000-peer reply passes here every second).
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes")) ^ NEWLINES;
+        // The lowest set bit marks the first zero byte of x (higher ones may be false hits).
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(at + zero.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + i)
+}
+
+/// Decimal digits ending the line: their value and their length with the `\n`. `None` for more
+/// than 19 digits (20 may overflow a u64) or anything but digits before the `\n`.
+fn decimal_line(s: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    for (i, &b) in s.iter().enumerate().take(20) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return (b == b'\n' && i > 0).then_some((n, i + 1));
+        }
+        if i == 19 {
+            return None;
+        }
+        n = n * 10 + u64::from(d);
+    }
+    None
+}
+
+/// A dotted quad as Go and Rust print one (each octet `0` or 1 to 3 digits without a leading
+/// zero, at most 255) at the start of `s`, and its length. `None` for anything else, including
+/// forms the general parser may still accept.
+fn dotted_quad(s: &[u8]) -> Option<(std::net::Ipv4Addr, usize)> {
+    let mut octets = [0u8; 4];
+    let mut at = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if s.get(at) != Some(&b'.') {
+                return None;
+            }
+            at += 1;
+        }
+        let mut value: u32 = 0;
+        let mut digits = 0;
+        while let Some(d) = s
+            .get(at + digits)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|d| *d <= 9)
+        {
+            if digits == 3 || (digits == 1 && value == 0) {
+                return None;
+            }
+            value = value * 10 + u32::from(d);
+            digits += 1;
+        }
+        if digits == 0 {
+            return None;
+        }
+        *octet = u8::try_from(value).ok()?;
+        at += digits;
+    }
+    Some((octets.into(), at))
+}
+
+/// A `get=1` reply parser fed as the reply arrives, a run of complete lines at a time
+/// ([`GetParser::feed`]), then the unterminated rest ([`GetParser::feed_tail`]); see
+/// [`parse_get`] for what it accepts. It gives exactly [`parse_get`]'s result for the
+/// concatenation of what it was fed (the split into body and final `errno=` line is found as it
+/// goes) and writes into a [`DeviceInfo`] whose peer entries (and their allowed-IP vectors) are
+/// reused, so that a poll of 10 000 peers allocates nothing per peer.
+struct GetParser<'a> {
+    iface: &'a str,
+    info: &'a mut DeviceInfo,
+    /// Peer sections so far: `info.peers[..count]`; the entries after are left from a previous
+    /// reply, to be reused.
+    count: usize,
+    handshakes: Vec<RawHandshake>,
+    own_public_key: Option<Key>,
+    listen_port: Option<u16>,
+    saw_protocol_version: bool,
+    /// The first error in the body; a non-zero `errno=` at the end takes precedence.
+    error: Option<WgError>,
+    /// The last `errno=` line while nothing but blank lines came after it: the end of the reply,
+    /// or (when more follows) a body line, which is an error.
+    held: Option<Vec<u8>>,
+    saw_errno_line: bool,
+    bytes: usize,
+    not_utf8: bool,
+    /// For [`GetParser::complete`], of the lines so far: the one before the last started with
+    /// `errno=`, the last one did, the last one was empty.
+    prev_errno: bool,
+    last_errno: bool,
+    last_empty: bool,
+}
+
+impl<'a> GetParser<'a> {
+    fn new(iface: &'a str, info: &'a mut DeviceInfo) -> GetParser<'a> {
+        let capacity = info.peers.len();
+        GetParser {
+            iface,
+            info,
+            count: 0,
+            handshakes: Vec::with_capacity(capacity),
+            own_public_key: None,
+            listen_port: None,
+            saw_protocol_version: false,
+            error: None,
+            held: None,
+            saw_errno_line: false,
+            bytes: 0,
+            not_utf8: false,
+            prev_errno: false,
+            last_errno: false,
+            last_empty: false,
+        }
+    }
+
+    /// Complete lines: `data` ends with `\n`.
+    fn feed(&mut self, data: &[u8]) {
+        self.check_utf8(data);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let len = match self.fast_line(rest) {
+                Some(len) => len,
+                None => {
+                    // (Callers cut `data` after a `\n`; without one, the rest is one line.)
+                    let i = find_newline(rest).unwrap_or(rest.len());
+                    self.line(&rest[..i]);
+                    (i + 1).min(rest.len())
+                }
+            };
+            rest = &rest[len..];
+        }
+    }
+
+    /// The common lines of a wireguard-go peer section in their usual form, parsed in one pass
+    /// without looking for the `=` and the `\n` first: the length of the line (with its `\n`)
+    /// when it was one, with exactly what [`GetParser::line`] would have done; `None` (and
+    /// nothing done) for anything else, which goes the general way.
+    fn fast_line(&mut self, s: &[u8]) -> Option<usize> {
+        if self.held.is_some() || self.error.is_some() {
+            return None;
+        }
+        let len = match s[0] {
+            b'p' => {
+                if let Some(v) = s.strip_prefix(b"public_key=") {
+                    let key = v.get(..64).and_then(Key::from_hex_bytes)?;
+                    if v.get(64) != Some(&b'\n') {
+                        return None;
+                    }
+                    self.start_peer(key);
+                    11 + 65
+                } else if let Some(v) = s.strip_prefix(b"preshared_key=") {
+                    // A secret, skipped: only the line's end matters.
+                    if v.get(64) != Some(&b'\n') || find_newline(&v[..64]).is_some() {
+                        return None;
+                    }
+                    14 + 65
+                } else if s.starts_with(b"protocol_version=1\n") {
+                    self.saw_protocol_version = true;
+                    19
+                } else if let Some(v) = s.strip_prefix(b"persistent_keepalive_interval=") {
+                    let i = self.count.checked_sub(1)?;
+                    let (secs, len) = decimal_line(v)?;
+                    let secs = u16::try_from(secs).ok()?;
+                    self.info.peers[i].persistent_keepalive = (secs != 0).then_some(secs);
+                    30 + len
+                } else {
+                    return None;
+                }
+            }
+            b'l' => {
+                let i = self.count.checked_sub(1)?;
+                if let Some(v) = s.strip_prefix(b"last_handshake_time_sec=") {
+                    let (sec, len) = decimal_line(v)?;
+                    self.handshakes[i].sec = Some(sec);
+                    24 + len
+                } else if let Some(v) = s.strip_prefix(b"last_handshake_time_nsec=") {
+                    let (nsec, len) = decimal_line(v)?;
+                    let nsec = u32::try_from(nsec).ok().filter(|n| *n < 1_000_000_000)?;
+                    self.handshakes[i].nsec = Some(nsec);
+                    25 + len
+                } else {
+                    return None;
+                }
+            }
+            b't' => {
+                let i = self.count.checked_sub(1)?;
+                let (n, len) = decimal_line(s.strip_prefix(b"tx_bytes=")?)?;
+                self.info.peers[i].tx_bytes = n;
+                9 + len
+            }
+            b'r' => {
+                let i = self.count.checked_sub(1)?;
+                let (n, len) = decimal_line(s.strip_prefix(b"rx_bytes=")?)?;
+                self.info.peers[i].rx_bytes = n;
+                9 + len
+            }
+            b'a' => {
+                let i = self.count.checked_sub(1)?;
+                let v = s.strip_prefix(b"allowed_ip=")?;
+                let (addr, at) = dotted_quad(v)?;
+                if v.get(at) != Some(&b'/') {
+                    return None;
+                }
+                let (cidr, len) = decimal_line(&v[at + 1..])?;
+                let cidr = u8::try_from(cidr).ok().filter(|c| *c <= 32)?;
+                if len > 3 {
+                    return None; // leading zeros: the general way decides
+                }
+                self.info.peers[i].allowed_ips.push(AllowedIp {
+                    addr: IpAddr::V4(addr),
+                    cidr,
+                });
+                11 + at + 1 + len
+            }
+            b'e' => {
+                let i = self.count.checked_sub(1)?;
+                let v = s.strip_prefix(b"endpoint=")?;
+                let (addr, at) = dotted_quad(v)?;
+                if v.get(at) != Some(&b':') {
+                    return None;
+                }
+                let (port, len) = decimal_line(&v[at + 1..])?;
+                let port = u16::try_from(port).ok()?;
+                self.info.peers[i].endpoint = Some(SocketAddr::new(IpAddr::V4(addr), port));
+                9 + at + 1 + len
+            }
+            _ => return None,
+        };
+        self.prev_errno = self.last_errno;
+        self.last_errno = false;
+        self.last_empty = false;
+        Some(len)
+    }
+
+    /// The end of the reply after its last `\n`.
+    fn feed_tail(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.check_utf8(data);
+            self.line(data);
+        }
+    }
+
+    fn check_utf8(&mut self, data: &[u8]) {
+        self.bytes += data.len();
+        // Runs end at a line end, which never splits a UTF-8 sequence.
+        if !data.is_ascii() && std::str::from_utf8(data).is_err() {
+            self.not_utf8 = true;
+        }
+    }
+
+    /// Whether what was fed so far ends like a complete reply (see [`reply_complete`]).
+    fn complete(&self) -> bool {
+        self.last_empty && self.prev_errno
+    }
+
+    /// One line, without its `\n`.
+    fn line(&mut self, raw: &[u8]) {
+        let errno_line = raw.starts_with(b"errno=");
+        self.prev_errno = self.last_errno;
+        self.last_errno = errno_line;
+        self.last_empty = raw.is_empty();
+        if errno_line {
+            self.saw_errno_line = true;
+            if let Some(held) = self.held.take() {
+                self.body_line(&held);
+            }
+            self.held = Some(raw.to_vec());
+        } else if raw.iter().all(|&b| b == b'\r') {
+            // Blank: after a held `errno=` line it either ends the reply (trimmed) or comes after
+            // that line's error; elsewhere it is part of the body.
+            if self.held.is_none() {
+                self.body_line(raw);
+            }
+        } else {
+            if let Some(held) = self.held.take() {
+                self.body_line(&held);
+            }
+            self.body_line(raw);
+        }
+    }
+
+    /// A line of the body (everything before the final `errno=` line).
+    fn body_line(&mut self, raw: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            return;
+        }
+        if let Err(e) = self.parse_line(line) {
+            self.error = Some(e);
+        }
+    }
+
+    fn parse_line(&mut self, line: &[u8]) -> Result<(), WgError> {
+        let iface = self.iface;
+        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+            let shown: String = lossy(line).chars().take(40).collect();
+            return Err(malformed(iface, format!("line without `=`: `{shown}`")));
+        };
+        let (key, value) = (&line[..eq], &line[eq + 1..]);
+        match key {
+            b"errno" => return Err(malformed(iface, "data after the errno= line")),
+            b"protocol_version" => {
+                self.saw_protocol_version = true;
+                return Ok(());
+            }
+            b"public_key" => {
+                let key = parse_key(iface, "public_key", value)?;
+                self.start_peer(key);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(i) = self.count.checked_sub(1) else {
+            match key {
+                b"own_public_key" => {
+                    self.own_public_key = Some(parse_key(iface, "own_public_key", value)?)
+                }
+                b"listen_port" => self.listen_port = Some(parse_num(iface, "listen_port", value)?),
+                // private_key, fwmark and whatever comes in the future.
+                _ => {}
+            }
+            return Ok(());
+        };
+        let peer = &mut self.info.peers[i];
+        match key {
+            b"endpoint" => peer.endpoint = Some(parse_endpoint(iface, value)?),
+            b"last_handshake_time_sec" => {
+                self.handshakes[i].sec = Some(parse_num(iface, "last_handshake_time_sec", value)?)
+            }
+            b"last_handshake_time_nsec" => {
+                let nsec: u32 = parse_num(iface, "last_handshake_time_nsec", value)?;
+                if nsec >= 1_000_000_000 {
+                    return Err(malformed(
+                        iface,
+                        format!("`last_handshake_time_nsec={}`: over a second", lossy(value)),
+                    ));
+                }
+                self.handshakes[i].nsec = Some(nsec);
+            }
+            b"rx_bytes" => peer.rx_bytes = parse_num(iface, "rx_bytes", value)?,
+            b"tx_bytes" => peer.tx_bytes = parse_num(iface, "tx_bytes", value)?,
+            b"persistent_keepalive_interval" => {
+                let secs: u16 = parse_num(iface, "persistent_keepalive_interval", value)?;
+                peer.persistent_keepalive = (secs != 0).then_some(secs);
+            }
+            b"allowed_ip" => peer.allowed_ips.push(parse_allowed_ip(iface, value)?),
+            // preshared_key (secret) and whatever comes in the future.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn start_peer(&mut self, public_key: Key) {
+        match self.info.peers.get_mut(self.count) {
+            Some(p) => {
+                p.public_key = public_key;
+                p.endpoint = None;
+                p.last_handshake = None;
+                p.rx_bytes = 0;
+                p.tx_bytes = 0;
+                p.persistent_keepalive = None;
+                p.allowed_ips.clear();
+            }
+            None => self.info.peers.push(PeerInfo {
+                public_key,
+                endpoint: None,
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                persistent_keepalive: None,
+                allowed_ips: Vec::new(),
+            }),
+        }
+        self.handshakes.push(RawHandshake::default());
+        self.count += 1;
+    }
+
+    /// The end of the reply: the verdict, in [`parse_get`]'s order of precedence (not UTF-8, the
+    /// final `errno=` line, the body, the handshake times).
+    fn finish(self, wall_now: SystemTime) -> Result<(), WgError> {
+        let iface = self.iface;
+        if self.not_utf8 {
+            return Err(malformed(iface, "reply to get is not UTF-8"));
+        }
+        let errno = match &self.held {
+            Some(line) => {
+                let line = lossy(line);
+                let line = line.trim_end_matches('\r');
+                parse_errno(iface, &line["errno=".len()..])?
+            }
+            None if self.bytes == 0 => {
+                return Err(malformed(iface, "empty reply (connection closed)"))
+            }
+            None if self.saw_errno_line => {
+                return Err(malformed(iface, "data after the errno= line"))
+            }
+            None => {
+                return Err(malformed(
+                    iface,
+                    format!("no errno= line after {} bytes (reply cut off?)", self.bytes),
+                ))
+            }
+        };
+        if errno != 0 {
+            return Err(WgError::Refused {
+                iface: iface.to_owned(),
+                what: "get",
+                errno,
+            });
+        }
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let implementation = if self.own_public_key.is_some() && !self.saw_protocol_version {
+            Implementation::Boringtun
+        } else {
+            Implementation::WireguardGo
+        };
+        let info = self.info;
+        info.peers.truncate(self.count);
+        for (p, h) in info.peers.iter_mut().zip(&self.handshakes) {
+            p.last_handshake = h.resolve(implementation, wall_now, iface)?;
+        }
+        info.implementation = implementation;
+        info.public_key = self.own_public_key;
+        info.listen_port = self.listen_port;
+        Ok(())
+    }
 }
 
 /// Parses a `get=1` reply (including its `errno=` line and blank terminator).
@@ -291,83 +746,25 @@ fn split_key(line: &str) -> Option<(&str, &str)> {
 /// interface prints "56 years ago" for it. No lines means no current session (never, or expired
 /// after 3 × REJECT_AFTER_TIME), not necessarily "never".
 pub fn parse_get(reply: &str, iface: &str, wall_now: SystemTime) -> Result<DeviceInfo, WgError> {
-    let (body, errno) = split_reply(reply, iface)?;
-    if errno != 0 {
-        return Err(WgError::Refused {
-            iface: iface.to_owned(),
-            what: "get",
-            errno,
-        });
-    }
+    let mut info = DeviceInfo::empty();
+    parse_get_into(reply.as_bytes(), iface, wall_now, &mut info)?;
+    Ok(info)
+}
 
-    let mut own_public_key = None;
-    let mut listen_port = None;
-    let mut saw_protocol_version = false;
-    let mut peers: Vec<RawPeer> = Vec::new();
-
-    for line in body_lines(body) {
-        let Some((key, value)) = split_key(line) else {
-            let shown: String = line.chars().take(40).collect();
-            return Err(malformed(iface, format!("line without `=`: `{shown}`")));
-        };
-        if key == "errno" {
-            return Err(malformed(iface, "data after the errno= line"));
-        }
-        if key == "protocol_version" {
-            saw_protocol_version = true;
-            continue;
-        }
-        if key == "public_key" {
-            peers.push(RawPeer::new(parse_key(iface, key, value)?));
-            continue;
-        }
-        match peers.last_mut() {
-            None => match key {
-                "own_public_key" => own_public_key = Some(parse_key(iface, key, value)?),
-                "listen_port" => listen_port = Some(parse_num(iface, key, value)?),
-                // private_key, fwmark and whatever comes in the future.
-                _ => {}
-            },
-            Some(peer) => match key {
-                "endpoint" => peer.endpoint = Some(parse_endpoint(iface, value)?),
-                "last_handshake_time_sec" => {
-                    peer.handshake_sec = Some(parse_num(iface, key, value)?)
-                }
-                "last_handshake_time_nsec" => {
-                    let nsec: u32 = parse_num(iface, key, value)?;
-                    if nsec >= 1_000_000_000 {
-                        return Err(malformed(iface, format!("`{key}={value}`: over a second")));
-                    }
-                    peer.handshake_nsec = Some(nsec);
-                }
-                "rx_bytes" => peer.rx_bytes = parse_num(iface, key, value)?,
-                "tx_bytes" => peer.tx_bytes = parse_num(iface, key, value)?,
-                "persistent_keepalive_interval" => {
-                    let secs: u16 = parse_num(iface, key, value)?;
-                    peer.persistent_keepalive = (secs != 0).then_some(secs);
-                }
-                "allowed_ip" => peer.allowed_ips.push(parse_allowed_ip(iface, value)?),
-                // preshared_key (secret) and whatever comes in the future.
-                _ => {}
-            },
-        }
-    }
-
-    let implementation = if own_public_key.is_some() && !saw_protocol_version {
-        Implementation::Boringtun
-    } else {
-        Implementation::WireguardGo
-    };
-    let peers = peers
-        .into_iter()
-        .map(|p| p.finish(implementation, wall_now, iface))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(DeviceInfo {
-        implementation,
-        public_key: own_public_key,
-        listen_port,
-        peers,
-    })
+/// [`parse_get`] of a reply as received (bytes: one that is not UTF-8 is
+/// [`WgError::Malformed`]) into `info`, reusing its peer entries and their allowed-IP vectors.
+/// On error, `info` is left half-written.
+pub fn parse_get_into(
+    reply: &[u8],
+    iface: &str,
+    wall_now: SystemTime,
+    info: &mut DeviceInfo,
+) -> Result<(), WgError> {
+    let mut parser = GetParser::new(iface, info);
+    let cut = reply.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    parser.feed(&reply[..cut]);
+    parser.feed_tail(&reply[cut..]);
+    parser.finish(wall_now)
 }
 
 fn peer_section(out: &mut String, peer: &Key, keepalive: u16) {
@@ -456,6 +853,67 @@ fn reply_complete(buf: &[u8]) -> bool {
     last_line.starts_with(b"errno=")
 }
 
+/// Where [`UapiClient::exchange`] puts a reply.
+trait ReplySink {
+    /// Room for the next read (never empty).
+    fn space(&mut self) -> &mut [u8];
+    /// `n` bytes were read into [`ReplySink::space`]; true once the reply is complete.
+    fn filled(&mut self, n: usize) -> bool;
+}
+
+/// The whole reply, for the short answers to `set=1`.
+struct WholeReply {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl ReplySink for WholeReply {
+    fn space(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.len < READ_CHUNK / 2 {
+            self.buf.resize(self.len + READ_CHUNK, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+
+    fn filled(&mut self, n: usize) -> bool {
+        self.len += n;
+        reply_complete(&self.buf[..self.len])
+    }
+}
+
+/// A `get=1` reply, handed to the parser a run of complete lines at a time; only a partial last
+/// line is carried over to the next read.
+struct LineReader<'p, 'a> {
+    buf: Vec<u8>,
+    /// `buf[..start]` is the carried-over partial line.
+    start: usize,
+    parser: &'p mut GetParser<'a>,
+}
+
+impl ReplySink for LineReader<'_, '_> {
+    fn space(&mut self) -> &mut [u8] {
+        if self.start == self.buf.len() {
+            // One line longer than the buffer: not WireGuard, but MAX_REPLY_BYTES bounds it.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        &mut self.buf[self.start..]
+    }
+
+    fn filled(&mut self, n: usize) -> bool {
+        let end = self.start + n;
+        // The carried-over part has no `\n`.
+        let Some(i) = self.buf[self.start..end].iter().rposition(|&b| b == b'\n') else {
+            self.start = end;
+            return false;
+        };
+        let cut = self.start + i + 1;
+        self.parser.feed(&self.buf[..cut]);
+        self.buf.copy_within(cut..end, 0);
+        self.start = end - cut;
+        self.start == 0 && self.parser.complete()
+    }
+}
+
 /// A client for one interface's UAPI socket. Every call is one connection, bounded as a whole by
 /// the timeout (connect, write and read together).
 #[derive(Debug, Clone)]
@@ -463,8 +921,6 @@ pub struct UapiClient {
     iface: String,
     path: PathBuf,
     timeout: Duration,
-    /// The size of the last reply, to allocate the next one at once instead of doubling up to it.
-    last_reply_len: std::cell::Cell<usize>,
 }
 
 impl UapiClient {
@@ -479,7 +935,6 @@ impl UapiClient {
             iface: iface.to_owned(),
             path: path.into(),
             timeout,
-            last_reply_len: std::cell::Cell::new(0),
         }
     }
 
@@ -501,8 +956,25 @@ impl UapiClient {
     /// Reads the interface (`get=1`). The wall clock is read once the reply is in, for
     /// boringtun's relative handshake times.
     pub fn get(&self) -> Result<DeviceInfo, WgError> {
-        let reply = self.transact(b"get=1\n\n", "get")?;
-        parse_get(&reply, &self.iface, crate::clock::wall_now())
+        let mut info = DeviceInfo::empty();
+        self.get_into(&mut info)?;
+        Ok(info)
+    }
+
+    /// [`get`](Self::get) into `info`, reusing its peer entries and their allowed-IP vectors
+    /// (the agent polls 10 000 peers every second). The reply is parsed as it arrives, never held
+    /// whole. On error, `info` is left half-written.
+    pub fn get_into(&self, info: &mut DeviceInfo) -> Result<(), WgError> {
+        let mut parser = GetParser::new(&self.iface, info);
+        let mut reader = LineReader {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            parser: &mut parser,
+        };
+        self.exchange(b"get=1\n\n", "get", &mut reader)?;
+        let (buf, start) = (reader.buf, reader.start);
+        parser.feed_tail(&buf[..start]);
+        parser.finish(crate::clock::wall_now())
     }
 
     /// Makes the implementation send one authenticated packet to `peer` now ([`kick_request`]).
@@ -563,6 +1035,25 @@ impl UapiClient {
     /// including the blank line after `errno=` (or whatever came before the connection closed;
     /// the parsers reject a reply without `errno=`).
     fn transact(&self, request: &[u8], what: &'static str) -> Result<String, WgError> {
+        let mut reply = WholeReply {
+            buf: Vec::new(),
+            len: 0,
+        };
+        self.exchange(request, what, &mut reply)?;
+        let mut buf = reply.buf;
+        buf.truncate(reply.len);
+        String::from_utf8(buf)
+            .map_err(|_| malformed(&self.iface, format!("reply to {what} is not UTF-8")))
+    }
+
+    /// One request, one reply, one connection: reads into `reply` until it is complete, the
+    /// connection closes, or the deadline.
+    fn exchange(
+        &self,
+        request: &[u8],
+        what: &'static str,
+        reply: &mut impl ReplySink,
+    ) -> Result<(), WgError> {
         let deadline = crate::clock::instant_now() + self.timeout;
         // Time left, or the timeout error if none is.
         let remaining = || {
@@ -610,24 +1101,22 @@ impl UapiClient {
         }
 
         // Read until the blank line after `errno=`, end of stream, or the deadline.
-        let mut reply =
-            Vec::with_capacity(self.last_reply_len.get() + self.last_reply_len.get() / 8);
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
         loop {
             stream
                 .set_read_timeout(Some(remaining()?))
                 .map_err(|e| self.io_error(what, "set timeout", e))?;
-            match stream.read(&mut chunk) {
+            match stream.read(reply.space()) {
                 Ok(0) => break,
                 Ok(n) => {
-                    reply.extend_from_slice(&chunk[..n]);
-                    if reply.len() > MAX_REPLY_BYTES {
+                    total += n;
+                    if total > MAX_REPLY_BYTES {
                         return Err(malformed(
                             &self.iface,
                             format!("reply to {what} larger than {MAX_REPLY_BYTES} bytes"),
                         ));
                     }
-                    if reply_complete(&reply) {
+                    if reply.filled(n) {
                         break;
                     }
                 }
@@ -636,12 +1125,8 @@ impl UapiClient {
                 Err(e) => return Err(self.io_error(what, "read", e)),
             }
         }
-        tracing::trace!(iface = %self.iface, what, bytes = reply.len(), "UAPI reply");
-        if what == "get" {
-            self.last_reply_len.set(reply.len());
-        }
-        String::from_utf8(reply)
-            .map_err(|_| malformed(&self.iface, format!("reply to {what} is not UTF-8")))
+        tracing::trace!(iface = %self.iface, what, bytes = total, "UAPI reply");
+        Ok(())
     }
 }
 
@@ -1291,6 +1776,81 @@ mod tests {
         }
         r.push_str("errno=0\n\n");
         r
+    }
+
+    /// `reply` through a [`LineReader`] in reads of `sizes` (cycled), as
+    /// [`UapiClient::get_into`] reads it: the verdict, and how much was read (a complete reply
+    /// ends the reading).
+    fn parse_in_reads(
+        reply: &[u8],
+        sizes: &[usize],
+        info: &mut DeviceInfo,
+    ) -> (Result<(), WgError>, usize) {
+        let mut parser = GetParser::new("wg9", info);
+        let mut reader = LineReader {
+            buf: vec![0; 16],
+            start: 0,
+            parser: &mut parser,
+        };
+        let mut read = 0;
+        for &size in sizes.iter().cycle() {
+            if read == reply.len() {
+                break;
+            }
+            let space = reader.space();
+            let n = size.min(space.len()).min(reply.len() - read);
+            space[..n].copy_from_slice(&reply[read..read + n]);
+            read += n;
+            if reader.filled(n) {
+                break;
+            }
+        }
+        let (buf, start) = (reader.buf, reader.start);
+        parser.feed_tail(&buf[..start]);
+        (parser.finish(at(1_795_559_224, 0)), read)
+    }
+
+    #[test]
+    fn replies_parse_the_same_in_any_reads() {
+        let peer = "public_key=29989f9f68288e25dfb5d2279d0aab69bfc1b72aecde58d20a75450a5a66fb43\n";
+        let replies = [
+            WG_GO_GET.to_owned(),
+            BORINGTUN_GET.to_owned(),
+            WG_GO_GET.replace('\n', "\r\n"),
+            synthetic_reply(40),
+            "listen_port=5\npublic_key=zz\nerrno=-22\n\n".to_owned(),
+            format!("{peer}tx_bytes=1e3\nerrno=0\n\n"),
+            format!("{peer}allowed_ip=10.0.0.0/33\nendpoint=01.2.3.4:5\nerrno=0\n\n"),
+            format!("{peer}endpoint=1.2.3.4:0005\nallowed_ip=10.0.0.0/032\nerrno=0\n\n"),
+            "errno=0\n\nlisten_port=1\n".to_owned(),
+            "a=1\nerrno=0\r\r\n\r\nerrno=0".to_owned(),
+            WG_GO_GET[..WG_GO_GET.len() / 2].to_owned(),
+        ];
+        let mut reused = DeviceInfo::empty();
+        for reply in &replies {
+            for sizes in [&[1][..], &[2], &[3], &[7], &[64], &[5, 17, 1], &[4096]] {
+                let mut fresh = DeviceInfo::empty();
+                let (r, read) = parse_in_reads(reply.as_bytes(), sizes, &mut fresh);
+                let whole = parse_get(&reply[..read], "wg9", at(1_795_559_224, 0));
+                let got = r.map(|()| fresh);
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{whole:?}"),
+                    "{reply:?} {sizes:?}"
+                );
+                // Into the entries of whatever was parsed before.
+                let (r, _) = parse_in_reads(reply.as_bytes(), sizes, &mut reused);
+                if let Ok(whole) = whole {
+                    r.unwrap();
+                    assert_eq!(reused, whole, "{reply:?} {sizes:?}");
+                }
+            }
+        }
+        // Not UTF-8, however it is read.
+        let (r, _) = parse_in_reads(b"listen_port=5\xff\nerrno=0\n\n", &[3], &mut reused);
+        assert!(is_malformed(r).contains("UTF-8"));
+        let r = parse_get_into(b"a=\xc3\nerrno=-22\n\n", "wg9", at(1, 0), &mut reused);
+        assert!(is_malformed(r).contains("UTF-8"));
     }
 
     #[test]
