@@ -168,96 +168,94 @@ impl Metrics {
     pub fn render(&self) -> String {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let mut out = String::with_capacity(256 + peers.len() * 1400);
-        let counter =
-            |out: &mut String, name: &str, help: &str, value: &dyn Fn(&PeerMetrics) -> u64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for ((iface, key), m) in peers.iter() {
+        // One family: HELP, TYPE, then a sample per peer (per peer and `extra` label value).
+        // Labels are written in name order, as Prometheus' own encoder does.
+        let mut family = |name: &str,
+                          kind: &str,
+                          help: &str,
+                          extra: Option<(&str, &[&str])>,
+                          gauge: bool,
+                          value: &dyn Fn(&PeerMetrics, usize) -> i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let (label, values) = extra.unwrap_or(("", &[""]));
+            for ((iface, key), m) in peers.iter() {
+                if gauge && !m.present.load(Ordering::Relaxed) {
+                    continue;
+                }
+                for (i, v) in values.iter().enumerate() {
+                    let (before, after) = match label {
+                        "" => (String::new(), String::new()),
+                        l if l < "public_key" => (format!(",{l}=\"{v}\""), String::new()),
+                        l => (String::new(), format!(",{l}=\"{v}\"")),
+                    };
                     let _ = writeln!(
                         out,
-                        "{name}{{interface=\"{}\",public_key=\"{}\"}} {}",
+                        "{name}{{interface=\"{}\"{before},public_key=\"{}\"{after}}} {}",
                         escape(iface),
                         escape(key),
-                        value(m)
+                        value(m, i)
                     );
                 }
-            };
-        counter(
-            &mut out,
+            }
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        family(
             "wgkeep_handshakes_total",
+            "counter",
             "Handshakes seen per peer.",
-            &|m| m.handshakes.load(Ordering::Relaxed),
+            None,
+            false,
+            &|m, _| load(&m.handshakes),
         );
-        let _ = writeln!(
-            out,
-            "# HELP wgkeep_follow_ups_total Follow-up packets wgkeep made WireGuard send.\n\
-             # TYPE wgkeep_follow_ups_total counter"
+        family(
+            "wgkeep_follow_ups_total",
+            "counter",
+            "Follow-up packets wgkeep made WireGuard send.",
+            Some(("method", &METHODS)),
+            false,
+            &|m, i| load(&m.follow_ups[i]),
         );
-        for ((iface, key), m) in peers.iter() {
-            for (i, method) in METHODS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "wgkeep_follow_ups_total{{interface=\"{}\",method=\"{method}\",public_key=\"{}\"}} {}",
-                    escape(iface),
-                    escape(key),
-                    m.follow_ups[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP wgkeep_follow_ups_skipped_total Follow-ups not sent: traffic (a packet already passed after \
-             the grace period), expired (the NAT entry was gone already).\n\
-             # TYPE wgkeep_follow_ups_skipped_total counter"
+        family(
+            "wgkeep_follow_ups_skipped_total",
+            "counter",
+            "Follow-ups not sent: traffic (a packet already passed after the grace period), expired \
+             (the NAT entry was gone already).",
+            Some(("reason", &SKIP_REASONS)),
+            false,
+            &|m, i| load(&m.skipped[i]),
         );
-        for ((iface, key), m) in peers.iter() {
-            for (i, reason) in SKIP_REASONS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "wgkeep_follow_ups_skipped_total{{interface=\"{}\",public_key=\"{}\",reason=\"{reason}\"}} {}",
-                    escape(iface),
-                    escape(key),
-                    m.skipped[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        counter(
-            &mut out,
+        family(
             "wgkeep_follow_up_failures_total",
+            "counter",
             "Follow-ups that failed or were not confirmed by tx_bytes.",
-            &|m| m.failures.load(Ordering::Relaxed),
+            None,
+            false,
+            &|m, _| load(&m.failures),
         );
-        counter(
-            &mut out,
+        family(
             "wgkeep_peer_endpoint_changes_total",
+            "counter",
             "Changes of the peer's endpoint (after an idle gap: its NAT mapping expired).",
-            &|m| m.endpoint_changes.load(Ordering::Relaxed),
+            None,
+            false,
+            &|m, _| load(&m.endpoint_changes),
         );
-        for (name, help, value) in [
-            (
-                "wgkeep_peer_persistent_keepalive_seconds",
-                "The peer's PersistentKeepalive (0: off).",
-                (|m: &PeerMetrics| m.keepalive.load(Ordering::Relaxed)) as fn(&PeerMetrics) -> i64,
-            ),
-            (
-                "wgkeep_peer_last_handshake_timestamp_seconds",
-                "Unix time of the peer's last handshake (0: never).",
-                |m: &PeerMetrics| m.last_handshake.load(Ordering::Relaxed),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for ((iface, key), m) in peers
-                .iter()
-                .filter(|(_, m)| m.present.load(Ordering::Relaxed))
-            {
-                let _ = writeln!(
-                    out,
-                    "{name}{{interface=\"{}\",public_key=\"{}\"}} {}",
-                    escape(iface),
-                    escape(key),
-                    value(m)
-                );
-            }
-        }
+        family(
+            "wgkeep_peer_persistent_keepalive_seconds",
+            "gauge",
+            "The peer's PersistentKeepalive (0: off).",
+            None,
+            true,
+            &|m, _| m.keepalive.load(Ordering::Relaxed),
+        );
+        family(
+            "wgkeep_peer_last_handshake_timestamp_seconds",
+            "gauge",
+            "Unix time of the peer's last handshake (0: never).",
+            None,
+            true,
+            &|m, _| m.last_handshake.load(Ordering::Relaxed),
+        );
         drop(peers);
         let mut buf = Vec::new();
         TextEncoder::new()
