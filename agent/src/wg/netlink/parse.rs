@@ -24,6 +24,28 @@ pub(super) struct NlMsg<'a> {
     pub payload: &'a [u8],
 }
 
+/// The messages of `datagram` that answer request `seq` (others, e.g. late replies to an earlier
+/// request, are skipped); undecodable bytes are [`WgError::Malformed`].
+pub(super) fn replies_to<'a>(
+    iface: &str,
+    seq: u32,
+    datagram: &'a [u8],
+) -> Result<Vec<NlMsg<'a>>, WgError> {
+    let mut msgs = split_messages(datagram).map_err(|d| malformed(iface, d))?;
+    msgs.retain(|m| {
+        let ours = m.seq == seq;
+        if !ours {
+            tracing::debug!(
+                seq = m.seq,
+                expected = seq,
+                "skipping unrelated netlink message"
+            );
+        }
+        ours
+    });
+    Ok(msgs)
+}
+
 /// Splits a datagram into its netlink messages (`NLMSG_OK` / `NLMSG_NEXT`).
 pub(super) fn split_messages(datagram: &[u8]) -> Result<Vec<NlMsg<'_>>, String> {
     let mut out = Vec::new();
@@ -192,16 +214,8 @@ pub(super) struct AckWait {
 
 impl Collect for AckWait {
     fn feed(&mut self, datagram: &[u8]) -> Result<bool, WgError> {
-        let msgs = split_messages(datagram).map_err(|d| malformed(&self.iface, d))?;
+        let msgs = replies_to(&self.iface, self.seq, datagram)?;
         for m in msgs {
-            if m.seq != self.seq {
-                tracing::debug!(
-                    seq = m.seq,
-                    expected = self.seq,
-                    "skipping unrelated netlink message"
-                );
-                continue;
-            }
             match m.msg_type {
                 NLMSG_ERROR => {
                     check_error(&self.iface, self.what, &m)?;
@@ -235,16 +249,8 @@ pub(super) fn family_missing(iface: &str) -> WgError {
 impl Collect for FamilyLookup {
     fn feed(&mut self, datagram: &[u8]) -> Result<bool, WgError> {
         let iface = self.iface.as_str();
-        let msgs = split_messages(datagram).map_err(|d| malformed(iface, d))?;
+        let msgs = replies_to(iface, self.seq, datagram)?;
         for m in msgs {
-            if m.seq != self.seq {
-                tracing::debug!(
-                    seq = m.seq,
-                    expected = self.seq,
-                    "skipping unrelated netlink message"
-                );
-                continue;
-            }
             match m.msg_type {
                 GENL_ID_CTRL => {
                     let attrs_data = m
@@ -411,16 +417,8 @@ impl DeviceDump {
         if self.done {
             return Ok(true);
         }
-        let msgs = split_messages(datagram).map_err(|d| malformed(&self.iface, d))?;
+        let msgs = replies_to(&self.iface, self.seq, datagram)?;
         for m in msgs {
-            if m.seq != self.seq {
-                tracing::debug!(
-                    seq = m.seq,
-                    expected = self.seq,
-                    "skipping unrelated netlink message"
-                );
-                continue;
-            }
             if m.flags & NLM_F_DUMP_INTR != 0 {
                 self.interrupted = true;
             }
