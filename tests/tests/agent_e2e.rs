@@ -444,9 +444,27 @@ impl Rig {
 
     /// Starts `wgkeep agent --interface IF -v ARGS…` in `side`'s namespace.
     fn agent(&self, side: Side, label: &str, args: &[&str]) -> Agent {
+        self.agent_with_caps(side, label, None, args)
+    }
+
+    /// The agent with only the capabilities `caps` (e.g. `"net_admin"`): root's uid, but the
+    /// bounding set cut down by `setpriv`, so anything else it needed would fail.
+    fn agent_with_caps(&self, side: Side, label: &str, caps: Option<&str>, args: &[&str]) -> Agent {
         let log_path = self.dir.join(format!("agent-{label}.log"));
         let log = File::create(&log_path).unwrap();
-        let mut cmd = Command::new(wgkeep_bin());
+        let mut cmd = match caps {
+            None => Command::new(wgkeep_bin()),
+            Some(caps) => {
+                let bounding: String = std::iter::once("-all".to_owned())
+                    .chain(caps.split(',').map(|c| format!("+{c}")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut c = Command::new("setpriv");
+                c.args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
+                    .arg(wgkeep_bin());
+                c
+            }
+        };
         cmd.args(["agent", "--interface", self.iface(side), "-v"])
             .args(args)
             .env_remove("RUST_LOG")
@@ -665,9 +683,11 @@ fn agent_on_client_keeps_the_client_reachable_and_exports_metrics() {
     rig.up(Side::Server);
     let listen = format!("127.0.0.1:{METRICS_PORT}");
     let state = rig.state_dir().display().to_string();
-    let mut agent = rig.agent(
+    // Only CAP_NET_ADMIN, as the README promises.
+    let mut agent = rig.agent_with_caps(
         Side::Client,
         "client",
+        Some("net_admin"),
         &[
             "--nat-profile",
             "routeros",
@@ -1071,9 +1091,11 @@ fn tunnel_packet_scenario(name: &'static str, tag: &str, subnet: u8, client_impl
     rig.up(Side::Server);
     let state = rig.state_dir().display().to_string();
     let listen = format!("127.0.0.1:{METRICS_PORT}");
-    let mut agent = rig.agent(
+    // CAP_NET_ADMIN plus CAP_NET_RAW (SO_BINDTODEVICE), as the README promises.
+    let mut agent = rig.agent_with_caps(
         Side::Client,
         name,
+        Some("net_admin,net_raw"),
         &[
             "--follow-up-method",
             "tunnel-packet",
