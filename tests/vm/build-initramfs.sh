@@ -47,11 +47,12 @@ declare -A tools=(
   [/usr/bin/wg]=/usr/bin/wg
   [/usr/sbin/nft]=/usr/sbin/nft
   [/usr/sbin/conntrack]=/usr/sbin/conntrack
+  [/usr/bin/setpriv]=/usr/bin/setpriv
 )
 for dst in "${!tools[@]}"; do
   name=$(basename "$dst")
   src=$(PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v "$name" || true)
-  [ -n "$src" ] || die "$name not found (iproute2, wireguard-tools, nftables, conntrack)"
+  [ -n "$src" ] || die "$name not found (iproute2, wireguard-tools, nftables, conntrack, util-linux)"
   tools[$dst]=$src
 done
 

@@ -24,6 +24,8 @@ WG=/usr/bin/wg
 NFT=/usr/sbin/nft
 CT=/usr/sbin/conntrack
 WGKEEP=/usr/bin/wgkeep
+# The agent runs with CAP_NET_ADMIN only: netlink reads and writes must need nothing else.
+AGENT="/usr/bin/setpriv --bounding-set -all,+net_admin --inh-caps -all -- $WGKEEP"
 PORT_S=51820
 PORT_C=40000
 TUN_S=10.9.0.1
@@ -271,7 +273,7 @@ fi
 if mklab k; then
   mkdir -p /run/wgkeep
   # Not through in_ns: a function in the background is a subshell, and $! would be its pid.
-  $IP netns exec kc $WGKEEP agent --interface wgc --nat-profile routeros --metrics-listen none \
+  $IP netns exec kc $AGENT agent --interface wgc --nat-profile routeros --metrics-listen none \
     --state-dir /run/wgkeep -v >/tmp/agent.log 2>&1 &
   apid=$!
   if wait_log /tmp/agent.log attached "$apid"; then
@@ -313,7 +315,7 @@ if mklab k; then
 
   # adapt mode: 150 -> floor(0.8 * 180) = 144 over netlink, back on SIGTERM.
   info "k: adapt agent starts $(hs_age k) s after the latest handshake; $(transfer k)"
-  $IP netns exec kc $WGKEEP agent --interface wgc --nat-profile routeros --metrics-listen none \
+  $IP netns exec kc $AGENT agent --interface wgc --nat-profile routeros --metrics-listen none \
     --state-dir /run/wgkeep --mode adapt -v >/tmp/adapt.log 2>&1 &
   apid=$!
   start=$(now_cs)
