@@ -465,12 +465,23 @@ impl Rig {
                 c
             }
         };
-        cmd.args(["agent", "--interface", self.iface(side), "-v"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        // Every agent here watches this rig's RouterOS-like NAT and keeps its state in the
+        // rig's directory.
+        cmd.args([
+            "agent",
+            "--interface",
+            self.iface(side),
+            "-v",
+            "--nat-profile",
+            "routeros",
+        ])
+        .arg("--state-dir")
+        .arg(self.state_dir())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         let child = self
             .lab
             .spawn(side.ns(), &mut cmd)
@@ -682,20 +693,12 @@ fn agent_on_client_keeps_the_client_reachable_and_exports_metrics() {
     let rig = Rig::new("client", "c2", 20, Userspace::WireguardGo);
     rig.up(Side::Server);
     let listen = format!("127.0.0.1:{METRICS_PORT}");
-    let state = rig.state_dir().display().to_string();
     // Only CAP_NET_ADMIN, as the README promises.
     let mut agent = rig.agent_with_caps(
         Side::Client,
         "client",
         Some("net_admin"),
-        &[
-            "--nat-profile",
-            "routeros",
-            "--metrics-listen",
-            &listen,
-            "--state-dir",
-            &state,
-        ],
+        &["--metrics-listen", &listen],
     );
     std::thread::sleep(Duration::from_millis(1500));
     agent.assert_running();
@@ -873,18 +876,10 @@ fn agent_on_server_keeps_the_client_reachable() {
     let _ = wgkeep_bin(); // build first: a build failure must not leave half a setup
     let rig = Rig::new("server", "s3", 30, Userspace::WireguardGo);
     rig.up(Side::Server);
-    let state = rig.state_dir().display().to_string();
     let mut agent = rig.agent(
         Side::Server,
         "server",
-        &[
-            "--nat-profile",
-            "routeros",
-            "--metrics-listen",
-            "127.0.0.1:19531",
-            "--state-dir",
-            &state,
-        ],
+        &["--metrics-listen", "127.0.0.1:19531"],
     );
     std::thread::sleep(Duration::from_millis(1500));
     agent.assert_running();
@@ -929,17 +924,7 @@ fn adapt_mode_sets_and_restores_persistent_keepalive() {
     let rig = Rig::new("adapt", "a4", 40, Userspace::WireguardGo);
     rig.up(Side::Server);
     rig.up_client_and_handshake();
-    let state = rig.state_dir().display().to_string();
-    let adapt = [
-        "--mode",
-        "adapt",
-        "--nat-profile",
-        "routeros",
-        "--metrics-listen",
-        "none",
-        "--state-dir",
-        &state,
-    ];
+    let adapt = ["--mode", "adapt", "--metrics-listen", "none"];
     let pk_becomes = |agent: &Agent, want: u32, within: Duration| {
         let want = want.to_string();
         let t = Instant::now();
@@ -1001,16 +986,7 @@ fn adapt_mode_sets_and_restores_persistent_keepalive() {
     let mut third = rig.agent(
         Side::Client,
         "follow-up-3",
-        &[
-            "--mode",
-            "follow-up",
-            "--nat-profile",
-            "routeros",
-            "--metrics-listen",
-            "none",
-            "--state-dir",
-            &state,
-        ],
+        &["--mode", "follow-up", "--metrics-listen", "none"],
     );
     pk_becomes(&third, CLIENT_KEEPALIVE, Duration::from_secs(5));
     third.assert_running();
@@ -1038,19 +1014,7 @@ fn agent_survives_wg_quick_down_and_up() {
     let _ = wgkeep_bin(); // build first: a build failure must not leave half a setup
     let rig = Rig::new("reup", "r5", 50, Userspace::WireguardGo);
     rig.up(Side::Server);
-    let state = rig.state_dir().display().to_string();
-    let mut agent = rig.agent(
-        Side::Client,
-        "reup",
-        &[
-            "--nat-profile",
-            "routeros",
-            "--metrics-listen",
-            "none",
-            "--state-dir",
-            &state,
-        ],
-    );
+    let mut agent = rig.agent(Side::Client, "reup", &["--metrics-listen", "none"]);
     std::thread::sleep(Duration::from_millis(1500));
     agent.assert_running();
     let t0 = rig.up_client_and_handshake();
@@ -1089,7 +1053,6 @@ fn tunnel_packet_scenario(name: &'static str, tag: &str, subnet: u8, client_impl
     const METRICS_PORT: u16 = 19561;
     let rig = Rig::new(name, tag, subnet, client_impl);
     rig.up(Side::Server);
-    let state = rig.state_dir().display().to_string();
     let listen = format!("127.0.0.1:{METRICS_PORT}");
     // CAP_NET_ADMIN plus CAP_NET_RAW (SO_BINDTODEVICE), as the README promises.
     let mut agent = rig.agent_with_caps(
@@ -1099,12 +1062,8 @@ fn tunnel_packet_scenario(name: &'static str, tag: &str, subnet: u8, client_impl
         &[
             "--follow-up-method",
             "tunnel-packet",
-            "--nat-profile",
-            "routeros",
             "--metrics-listen",
             &listen,
-            "--state-dir",
-            &state,
         ],
     );
     std::thread::sleep(Duration::from_millis(1500));

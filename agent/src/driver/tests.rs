@@ -30,6 +30,14 @@ impl World {
     fn with<T>(&self, iface: &str, f: impl FnOnce(&mut FakeIface) -> T) -> T {
         f(self.0.lock().unwrap().entry(iface.to_owned()).or_default())
     }
+
+    /// `wg-quick up`: the interface exists with these peers.
+    fn present(&self, iface: &str, peers: Vec<PeerInfo>) {
+        self.with(iface, |i| {
+            i.present = true;
+            i.peers = peers;
+        });
+    }
 }
 
 struct FakeDevice {
@@ -201,10 +209,7 @@ async fn sleep_ms(ms: u64) {
 #[tokio::test]
 async fn follows_up_once_per_handshake_and_changes_nothing() {
     let world = World::default();
-    world.with("wgt0", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(150))];
-    });
+    world.present("wgt0", vec![peer(1, Some(150))]);
     let dir = temp_dir("followup");
     let agent = start(config(&["wgt0"], Mode::FollowUp, &dir), &world);
     sleep_ms(150).await;
@@ -244,10 +249,7 @@ async fn follows_up_once_per_handshake_and_changes_nothing() {
 #[tokio::test]
 async fn observe_mode_never_writes() {
     let world = World::default();
-    world.with("wgt1", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(150))];
-    });
+    world.present("wgt1", vec![peer(1, Some(150))]);
     let dir = temp_dir("observe");
     let agent = start(config(&["wgt1"], Mode::Observe, &dir), &world);
     sleep_ms(100).await;
@@ -265,10 +267,7 @@ async fn waits_for_the_interface_and_survives_down_up() {
     let agent = start(config(&["wgt2"], Mode::FollowUp, &dir), &world);
     sleep_ms(200).await;
     // wg-quick up
-    world.with("wgt2", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(25))];
-    });
+    world.present("wgt2", vec![peer(1, Some(25))]);
     sleep_ms(150).await;
     handshake(&world, "wgt2", 1);
     sleep_ms(600).await;
@@ -280,10 +279,7 @@ async fn waits_for_the_interface_and_survives_down_up() {
         .metrics
         .render()
         .contains("wgkeep_interface_up{interface=\"wgt2\"} 0"));
-    world.with("wgt2", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(25))];
-    });
+    world.present("wgt2", vec![peer(1, Some(25))]);
     sleep_ms(150).await;
     handshake(&world, "wgt2", 1);
     sleep_ms(600).await;
@@ -299,10 +295,7 @@ async fn waits_for_the_interface_and_survives_down_up() {
 #[tokio::test]
 async fn adapt_sets_and_restores_keepalive() {
     let world = World::default();
-    world.with("wgt3", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(40)), peer(2, None)];
-    });
+    world.present("wgt3", vec![peer(1, Some(40)), peer(2, None)]);
     let dir = temp_dir("adapt");
     let agent = start(config(&["wgt3"], Mode::Adapt, &dir), &world);
     sleep_ms(300).await;
@@ -331,10 +324,7 @@ async fn adapt_sets_and_restores_keepalive() {
 #[tokio::test]
 async fn after_a_crash_the_next_start_restores() {
     let world = World::default();
-    world.with("wgt4", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(150))];
-    });
+    world.present("wgt4", vec![peer(1, Some(150))]);
     let dir = temp_dir("crash");
     let agent = start(config(&["wgt4"], Mode::Adapt, &dir), &world);
     sleep_ms(300).await;
@@ -360,10 +350,7 @@ async fn after_a_crash_the_next_start_restores() {
 #[tokio::test]
 async fn a_value_changed_by_the_user_is_not_restored() {
     let world = World::default();
-    world.with("wgt5", |i| {
-        i.present = true;
-        i.peers = vec![peer(1, Some(150))];
-    });
+    world.present("wgt5", vec![peer(1, Some(150))]);
     let dir = temp_dir("userchange");
     let agent = start(config(&["wgt5"], Mode::Adapt, &dir), &world);
     sleep_ms(300).await;
@@ -408,10 +395,7 @@ async fn a_hung_interface_does_not_stall_the_others() {
         i.hang = true;
         i.peers = vec![peer(1, Some(150))];
     });
-    world.with("wgt8", |i| {
-        i.present = true;
-        i.peers = vec![peer(2, Some(150))];
-    });
+    world.present("wgt8", vec![peer(2, Some(150))]);
     let dir = temp_dir("hung");
     let agent = start(config(&["wgt7", "wgt8"], Mode::FollowUp, &dir), &world);
     sleep_ms(150).await;
