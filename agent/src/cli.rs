@@ -9,6 +9,7 @@ use wgkeep_agent::driver::{AgentConfig, Method, Mode, SideChoice};
 use wgkeep_agent::keeper::Side;
 use wgkeep_agent::lab::{KeeperRuns, LabConfig};
 use wgkeep_agent::probe_json;
+use wgkeep_probe::planner::PlannerConfig;
 
 /// Keeps the NAT entries WireGuard depends on alive, from the endpoint.
 #[derive(Debug, Parser)]
@@ -35,6 +36,177 @@ pub enum Command {
     /// Run beside wg-quick: follow up every handshake so the NAT entry reaches stream state.
     #[command(after_help = AGENT_EXAMPLES)]
     Agent(AgentArgs),
+    /// Measure the NAT's UDP timeouts (to ±1 s, in about one stream timeout) against `wgkeep reflect`.
+    #[command(after_help = PROBE_EXAMPLES)]
+    Probe(ProbeArgs),
+    /// Answer probes: run on the far side of the NAT (e.g. the WireGuard server).
+    #[command(after_help = REFLECT_EXAMPLES)]
+    Reflect(ReflectArgs),
+}
+
+const PROBE_EXAMPLES: &str = "\
+Examples:
+  wgkeep probe vpn.example.net:51900                  # everything, about 1.25 x the stream timeout
+  wgkeep probe vpn.example.net:51900 --json > nat.json && wgkeep agent -i wg0 --timeouts-from nat.json
+  wgkeep probe 203.0.113.7:51900 --measure handshake,stream --max 300s --plot nat.svg
+  wgkeep probe 203.0.113.7:51900 --psk-file /etc/wgkeep/probe.psk
+
+Each NAT entry (one UDP socket) does one WireGuard-shaped exchange once and then stays quiet; the
+reflector sends one check packet at the idle time the probe asks for over a separate socket. A
+check that arrives means the entry was alive. Needs no privileges; uses up to --max-sockets
+ports for a few minutes.";
+
+const REFLECT_EXAMPLES: &str = "\
+Examples:
+  wgkeep reflect --listen 0.0.0.0:51900
+  wgkeep reflect --listen [::]:51900 --psk-file /etc/wgkeep/probe.psk --metrics-listen 127.0.0.1:9589
+
+Safe on a public address: a delayed check goes only to a source address that proved it receives
+there (a stateless cookie), it never sends more bytes to an address than it received from it, and
+its state is bounded. With --psk-file it ignores every packet not authenticated with that key.";
+
+/// What `--measure` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MeasureArg {
+    /// 148 B out, 92 B back, 32 B out, then silence (a WireGuard handshake).
+    Handshake,
+    /// The same plus one 32 B packet after the grace period.
+    Stream,
+    /// One 148 B packet, no answer.
+    Unreplied,
+    /// The smallest follow-up delay that promotes the entry (0.5–5 s, to 0.25 s).
+    Grace,
+    /// Whether packets from the far side alone keep an entry alive.
+    Refresh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Many NAT entries at once: about one stream timeout.
+    Parallel,
+    /// One entry at a time, doubling then bisecting (RFC 5780 §4.6): for comparison, slow.
+    Serial,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The reflector (`wgkeep reflect`), HOST:PORT.
+    #[arg(value_name = "REFLECTOR:PORT")]
+    pub reflector: String,
+    /// Longest idle time to test; a timeout above it is reported as `> MAX`.
+    #[arg(long, value_name = "DURATION", default_value = "600s", value_parser = parse_duration)]
+    pub max: Duration,
+    /// Bracket width to reach for each timeout (grace: always 0.25 s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub resolution: Duration,
+    /// NAT entries (UDP sockets) to use at most.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_sockets: u32,
+    /// What to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "handshake,stream,unreplied,grace,refresh"
+    )]
+    pub measure: Vec<MeasureArg>,
+    /// Pre-shared key file (the same on the reflector); `wg genpsk` makes one.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<std::path::PathBuf>,
+    /// Print the report as JSON (for `wgkeep agent --timeouts-from`).
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw survival versus idle time per pattern to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// How to search.
+    #[arg(long, value_enum, default_value = "parallel")]
+    pub strategy: StrategyArg,
+    /// When the stream pattern's follow-up goes out (must exceed the NAT's grace period).
+    #[arg(long, value_name = "DURATION", default_value = "2.5s", value_parser = parse_duration)]
+    pub stream_follow_up: Duration,
+}
+
+impl ProbeArgs {
+    /// The planner's settings (the reflector's name is filled in once resolved).
+    pub fn config(&self) -> Result<PlannerConfig, String> {
+        use wgkeep_probe::planner::{Measure, Strategy, MIN_SOCKETS};
+        let has = |m| self.measure.contains(&m);
+        let measure = Measure {
+            handshake: has(MeasureArg::Handshake),
+            stream: has(MeasureArg::Stream),
+            unreplied: has(MeasureArg::Unreplied),
+            grace: has(MeasureArg::Grace),
+            refresh: has(MeasureArg::Refresh),
+        };
+        if self.max < Duration::from_secs(5) || self.max > Duration::from_secs(3600) {
+            return Err(format!(
+                "--max {} is out of range: give 5s to 1h (the reflector waits at most an hour)",
+                humantime::format_duration(self.max)
+            ));
+        }
+        if self.resolution < Duration::from_millis(100) || self.resolution * 4 > self.max {
+            return Err(format!(
+                "--resolution {} is out of range: give 100ms to a quarter of --max",
+                humantime::format_duration(self.resolution)
+            ));
+        }
+        let min = if measure.grace { MIN_SOCKETS } else { 16 };
+        if self.max_sockets < min || self.max_sockets > 4096 {
+            return Err(format!(
+                "--max-sockets {} is out of range: give {min} to 4096{}",
+                self.max_sockets,
+                if measure.grace {
+                    " (the grace search alone uses 20; leave grace out of --measure to go lower)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.stream_follow_up < Duration::from_millis(500)
+            || self.stream_follow_up > Duration::from_secs(30)
+        {
+            return Err("--stream-follow-up must be between 500ms and 30s".to_string());
+        }
+        let key = crate::probe_cmd::read_key(self.psk_file.as_deref())?;
+        if let Some(plot) = &self.plot {
+            if plot.as_os_str().is_empty() {
+                return Err("--plot needs a file name".to_string());
+            }
+        }
+        Ok(PlannerConfig {
+            measure,
+            resolution: self.resolution,
+            max: self.max,
+            max_sockets: self.max_sockets,
+            key,
+            strategy: match self.strategy {
+                StrategyArg::Parallel => Strategy::Parallel,
+                StrategyArg::Serial => Strategy::Serial,
+            },
+            stream_follow_up: self.stream_follow_up,
+            ..PlannerConfig::new(self.reflector.clone())
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReflectArgs {
+    /// UDP address to answer on, e.g. 0.0.0.0:51900 or [::]:51900.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Pre-shared key file (the same on every probe): packets without it are ignored.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<std::path::PathBuf>,
+    /// Where to serve /metrics and /healthz (`none` to disable).
+    #[arg(long, value_name = "ADDR:PORT|none", default_value = "none", value_parser = parse_listen)]
+    pub metrics_listen: ListenArg,
+    /// More logging.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 const AGENT_EXAMPLES: &str = "\
@@ -189,6 +361,13 @@ pub struct AgentNatArgs {
     /// Timeouts measured by `wgkeep probe --json`.
     #[arg(long, value_name = "FILE")]
     pub timeouts_from: Option<std::path::PathBuf>,
+    /// Probe the NAT against this `wgkeep reflect` (HOST:PORT) at start and every 24 h, and use
+    /// what it measures (the other NAT options are the assumption until then).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "timeouts_from")]
+    pub reflector: Option<String>,
+    /// Pre-shared key file for --reflector.
+    #[arg(long, value_name = "FILE", requires = "reflector")]
+    pub psk_file: Option<std::path::PathBuf>,
 }
 
 impl AgentNatArgs {
@@ -329,6 +508,13 @@ impl AgentArgs {
             metrics_listen: self.metrics_listen.0,
             state_dir: self.state_dir.clone(),
             device_timeout: Duration::from_secs(2),
+            reflector: match &self.nat.reflector {
+                Some(addr) => Some(wgkeep_agent::driver::ReflectorTarget {
+                    addr: addr.clone(),
+                    key: wgkeep_agent::probe_cmd::read_key(self.nat.psk_file.as_deref())?,
+                }),
+                None => None,
+            },
         })
     }
 }

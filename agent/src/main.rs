@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{error::ErrorKind, CommandFactory, Parser};
 
 use cli::{Cli, Command};
-use wgkeep_agent::{driver, lab};
+use wgkeep_agent::{driver, lab, probe_cmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,8 +69,36 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 result
             })?;
         }
+        Command::Probe(args) => {
+            let config = args.config().unwrap_or_else(|e| usage_error("probe", e));
+            init_logging(0);
+            let out = probe_cmd::ProbeOutput {
+                json: args.json,
+                plot: args.plot.clone(),
+                quiet: args.quiet,
+            };
+            runtime()?.block_on(probe_cmd::probe_command(&args.reflector, config, out))?;
+        }
+        Command::Reflect(args) => {
+            let key = probe_cmd::read_key(args.psk_file.as_deref())
+                .unwrap_or_else(|e| usage_error("reflect", e));
+            init_logging(args.verbose);
+            runtime()?.block_on(probe_cmd::reflect_command(
+                args.listen,
+                key,
+                args.metrics_listen.0,
+            ))?;
+        }
     }
     Ok(())
+}
+
+/// A single-threaded runtime: every command is one loop around sockets.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Logs to stderr: plain lines without colours or timestamps under systemd (journald adds its

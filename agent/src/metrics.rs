@@ -287,12 +287,17 @@ impl Default for Metrics {
 /// Serve `/metrics` and `/healthz` on `listener` until the task is dropped. A deliberately small
 /// HTTP/1.x responder: one request per connection, 2 s to send it, 8 KiB at most.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_fn(listener, Arc::new(move || metrics.render())).await
+}
+
+/// The same responder around any renderer of the text exposition format.
+pub async fn serve_fn(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
@@ -316,7 +321,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 return;
             }
             let request = String::from_utf8_lossy(&buf[..len]);
-            let (status, content_type, body) = respond(&request, &metrics);
+            let (status, content_type, body) = respond(&request, &*render);
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -328,7 +333,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn respond(request: &str, metrics: &Metrics) -> (&'static str, &'static str, String) {
+fn respond(request: &str, render: &dyn Fn() -> String) -> (&'static str, &'static str, String) {
     let mut parts = request
         .lines()
         .next()
@@ -343,7 +348,7 @@ fn respond(request: &str, metrics: &Metrics) -> (&'static str, &'static str, Str
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
+            render(),
         ),
         ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".into()),
         ("GET" | "HEAD", _) => (
@@ -419,13 +424,14 @@ mod tests {
     #[test]
     fn routes() {
         let m = Metrics::new();
-        assert_eq!(respond("GET /healthz HTTP/1.1\r\n\r\n", &m).0, "200 OK");
-        assert_eq!(respond("GET /metrics HTTP/1.1\r\n\r\n", &m).0, "200 OK");
-        assert_eq!(respond("GET / HTTP/1.1\r\n\r\n", &m).0, "404 Not Found");
+        let r = || m.render();
+        assert_eq!(respond("GET /healthz HTTP/1.1\r\n\r\n", &r).0, "200 OK");
+        assert_eq!(respond("GET /metrics HTTP/1.1\r\n\r\n", &r).0, "200 OK");
+        assert_eq!(respond("GET / HTTP/1.1\r\n\r\n", &r).0, "404 Not Found");
         assert_eq!(
-            respond("POST /metrics HTTP/1.1\r\n\r\n", &m).0,
+            respond("POST /metrics HTTP/1.1\r\n\r\n", &r).0,
             "405 Method Not Allowed"
         );
-        assert_eq!(respond("", &m).0, "405 Method Not Allowed");
+        assert_eq!(respond("", &r).0, "405 Method Not Allowed");
     }
 }

@@ -22,7 +22,7 @@ struct Bracket {
 struct ProbeReport {
     handshake: Option<Bracket>,
     unreplied: Option<Bracket>,
-    stream: Bracket,
+    stream: Option<Bracket>,
     grace: Option<Bracket>,
 }
 
@@ -44,7 +44,10 @@ pub fn profile_from_str(json: &str) -> Result<Profile, String> {
         .or(r.unreplied.as_ref())
         .ok_or("the report has neither `handshake` nor `unreplied`")?;
     let unreplied = secs(short.low_s, "the unreplied/handshake timeout")?;
-    let stream = secs(r.stream.low_s, "stream.low_s")?;
+    let stream = r.stream.as_ref().ok_or(
+        "the report has no stream timeout: probe again with `stream` in --measure (the default)",
+    )?;
+    let stream = secs(stream.low_s, "stream.low_s")?;
     let grace = match &r.grace {
         Some(g) => secs(g.high_s.unwrap_or(g.low_s), "grace.high_s")?,
         None => wgkeep_probe::middlebox::LINUX_STREAM_GRACE,
@@ -62,6 +65,54 @@ pub fn profile_from_file(path: &Path) -> Result<Profile, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wgkeep_probe::report::{Bracket as B, Recommendation, Report};
+
+    fn report(stream: Option<B>) -> Report {
+        let handshake = Some(B::new(9.4, Some(10.4)));
+        let grace = Some(B::new(1.875, Some(2.125)));
+        Report {
+            reflector: "r:1".into(),
+            duration_s: 230.0,
+            sockets_used: 190,
+            resolution_s: 1.0,
+            max_s: 600.0,
+            rtt_ms: 0.2,
+            strategy: "parallel".into(),
+            handshake,
+            stream,
+            unreplied: handshake,
+            grace,
+            inbound_refresh: Some(true),
+            stream_follow_up_s: 2.5,
+            recommendation: Recommendation::from_brackets(
+                handshake.as_ref(),
+                stream.as_ref(),
+                handshake.as_ref(),
+                grace.as_ref(),
+            ),
+            notes: vec![],
+            observations: vec![],
+            finished_s: Default::default(),
+        }
+    }
+
+    #[test]
+    fn reads_what_the_probe_writes() {
+        let p =
+            profile_from_str(&report(Some(B::new(179.6, Some(180.6)))).to_json_pretty()).unwrap();
+        let t = p.rules.conntrack().unwrap();
+        assert_eq!(t.unreplied, Duration::from_secs_f64(9.4));
+        assert_eq!(t.stream, Duration::from_secs_f64(179.6));
+        assert_eq!(t.grace, Duration::from_secs_f64(2.125));
+        // Above --max: the low end is still a safe timeout.
+        let p = profile_from_str(&report(Some(B::new(600.0, None))).to_json_pretty()).unwrap();
+        assert_eq!(
+            p.rules.conntrack().unwrap().stream,
+            Duration::from_secs(600)
+        );
+        let e = profile_from_str(&report(None).to_json_pretty()).unwrap_err();
+        assert!(e.contains("--measure"), "{e}");
+    }
 
     #[test]
     fn takes_the_safe_end_of_each_bracket() {

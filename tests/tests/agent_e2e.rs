@@ -1136,3 +1136,92 @@ fn tunnel_packet_follow_up_with_boringtun() {
     }
     tunnel_packet_scenario("tunnel-bt", "b6", 61, Userspace::Boringtun);
 }
+
+/// `--reflector`: the agent probes the NAT (5 s / 25 s here, to keep it short) against a
+/// `wgkeep reflect` on the far side and publishes what it measured in place of its assumption.
+/// No WireGuard is needed: the agent waits for its interface meanwhile.
+#[test]
+fn agent_probes_the_nat_with_reflector() {
+    if !wgkeep_tests::require_root("agent_e2e::agent_probes_the_nat_with_reflector") {
+        return;
+    }
+    let bin = wgkeep_bin();
+    const METRICS_PORT: u16 = 19531;
+    let lab = NetLab::new(LabConfig::new(5, 25)).expect("lab");
+    let reflector = format!("{}:51901", lab.server_ip());
+    let dir = std::env::temp_dir().join(format!("wgkeep-e2e-{}-reflector", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let mut refl = lab
+        .spawn(
+            Ns::Server,
+            Command::new(&bin)
+                .args(["reflect", "--listen", &reflector])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("reflector");
+    let log_path = dir.join("agent.log");
+    let log = File::create(&log_path).unwrap();
+    let listen = format!("127.0.0.1:{METRICS_PORT}");
+    let iface = format!("wkrf{:x}", std::process::id());
+    let mut agent = Agent {
+        child: Some(
+            lab.spawn(
+                Ns::Client,
+                Command::new(&bin)
+                    .args(["agent", "--interface", &iface, "--nat-profile", "routeros"])
+                    .args(["--reflector", &reflector, "--metrics-listen", &listen])
+                    .arg("--state-dir")
+                    .arg(&dir)
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log),
+            )
+            .expect("agent"),
+        ),
+        log_path,
+        label: "reflector/agent".into(),
+    };
+    let stream = |samples: &[Sample]| {
+        values(samples, "wgkeep_nat_timeout_seconds", &[("kind", "stream")])
+            .first()
+            .copied()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, samples) = scrape(&lab, Side::Client, METRICS_PORT);
+    assert_eq!(
+        stream(&samples),
+        Some(180.0),
+        "the assumption until measured"
+    );
+    // About 1.25 × 25 s + 10 s for the probe.
+    let measured = wait_for(Duration::from_secs(60), || {
+        let (_, samples) = scrape(&lab, Side::Client, METRICS_PORT);
+        stream(&samples)
+            .filter(|s| *s != 180.0)
+            .map(|s| (s, samples))
+    });
+    let log = agent.log();
+    let _ = refl.kill();
+    let _ = refl.wait();
+    let (stream_s, samples) =
+        measured.unwrap_or_else(|| panic!("no measured timeouts within 60 s:\n{log}"));
+    assert!(
+        (24.0..=25.0).contains(&stream_s),
+        "stream {stream_s}\n{log}"
+    );
+    let unreplied = values(
+        &samples,
+        "wgkeep_nat_timeout_seconds",
+        &[("kind", "unreplied")],
+    );
+    assert!(
+        unreplied.first().is_some_and(|u| (4.0..=5.0).contains(u)),
+        "unreplied {unreplied:?}\n{log}"
+    );
+    assert!(log.contains("using these from now on"), "{log}");
+    agent.assert_running();
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ use crate::metrics::{Metrics, PeerMetrics};
 use crate::state::{Change, Saved, StateDir};
 use crate::tracker::{PeerTracker, TrackerEvent};
 use crate::wg::{tunnel_packet, DeviceInfo, Implementation, Key, KeyMap, WgError};
+use wgkeep_probe::middlebox::Rules;
 use wgkeep_probe::Time;
 
 /// One peer, kept small: 10 000 of them are looked up every poll. Its label in logs and metrics
@@ -147,6 +148,8 @@ pub(super) struct IfaceTask {
     restore_pending: bool,
     /// The keeper configurations of client-side and server-side peers, shared by their trackers.
     keeper_cfgs: [Arc<KeeperConfig>; 2],
+    /// The NAT's rules: the configured ones, replaced by what `--reflector` measures.
+    rules: watch::Receiver<Rules>,
     /// Counts polls, to find removed peers without a set.
     generation: u64,
     /// The previous poll's reply, read into again by the next one (no allocations per peer).
@@ -162,6 +165,7 @@ impl IfaceTask {
     pub(super) fn new(
         name: String,
         cfg: Arc<AgentConfig>,
+        rules: watch::Receiver<Rules>,
         metrics: Arc<Metrics>,
         clock: Clock,
         connector: Arc<dyn Connector>,
@@ -169,15 +173,10 @@ impl IfaceTask {
     ) -> IfaceTask {
         metrics.interface_up.with_label_values(&[&name]).set(0);
         // Indexed by `side == Side::Server`.
-        let keeper_cfgs = [Side::Client, Side::Server].map(|side| {
-            Arc::new(KeeperConfig {
-                rules: cfg.rules,
-                side,
-                follow_up_delay: cfg.follow_up_delay,
-            })
-        });
+        let keeper_cfgs = keeper_configs(*rules.borrow(), cfg.follow_up_delay);
         IfaceTask {
             keeper_cfgs,
+            rules,
             saved: Saved {
                 interface: name.clone(),
                 ..Saved::default()
@@ -360,13 +359,32 @@ impl IfaceTask {
         }
     }
 
+    fn rules(&self) -> Rules {
+        *self.rules.borrow()
+    }
+
+    /// New NAT rules (from `--reflector`): every tracker starts over with them.
+    fn take_new_rules(&mut self) {
+        if !self.rules.has_changed().unwrap_or(false) {
+            return;
+        }
+        let rules = *self.rules.borrow_and_update();
+        self.keeper_cfgs = keeper_configs(rules, self.cfg.follow_up_delay);
+        for (_, peer) in self.peers.iter_mut() {
+            let cfg = &self.keeper_cfgs[usize::from(peer.tracker.side() == Side::Server)];
+            peer.tracker = PeerTracker::with_shared_config(cfg.clone());
+        }
+        tracing::info!("{}: using the measured NAT timeouts", self.name);
+    }
+
     async fn on_info(&mut self, info: &DeviceInfo) {
+        self.take_new_rules();
         let now = self.clock.now();
         let wall = wall_now();
         self.generation += 1;
         let generation = self.generation;
         let mut added = 0usize;
-        let stream_timeout = self.cfg.rules.initial_timeout();
+        let stream_timeout = self.rules().initial_timeout();
         let mut next_due: Option<Time> = None;
         // One allocation of the right size, not a doubling (with copies) while the first poll
         // inserts 10 000 peers.
@@ -477,7 +495,7 @@ impl IfaceTask {
             return;
         }
         let implementation = self.implementation;
-        let stream_timeout = self.cfg.rules.initial_timeout();
+        let stream_timeout = self.rules().initial_timeout();
         let mut jobs = Vec::new();
         let mut next_due = None;
         for (key, peer) in self.peers.iter_mut() {
@@ -565,7 +583,7 @@ impl IfaceTask {
             );
             return;
         }
-        let target = keepalive_advice(&self.cfg.rules, None).recommended;
+        let target = keepalive_advice(&self.rules(), None).recommended;
         let mut changes = Vec::new();
         for (key, peer) in self.peers.iter() {
             let Some(current) = peer.keepalive else {
@@ -764,4 +782,15 @@ fn min_time(a: Option<Time>, b: Option<Time>) -> Option<Time> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+fn keeper_configs(rules: Rules, follow_up_delay: Duration) -> [Arc<KeeperConfig>; 2] {
+    // Indexed by `side == Side::Server`.
+    [Side::Client, Side::Server].map(|side| {
+        Arc::new(KeeperConfig {
+            rules,
+            side,
+            follow_up_delay,
+        })
+    })
 }

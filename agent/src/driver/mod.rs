@@ -96,6 +96,17 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// How long a device may take to answer.
     pub device_timeout: Duration,
+    /// Probe the NAT against this reflector at start and every 24 h, and use what it measures.
+    pub reflector: Option<ReflectorTarget>,
+}
+
+/// `--reflector`: where to probe, with which key.
+#[derive(Clone, Debug)]
+pub struct ReflectorTarget {
+    /// HOST:PORT.
+    pub addr: String,
+    /// The probe's key (`--psk-file`, else public).
+    pub key: wgkeep_probe::wire::Key,
 }
 
 /// Run until `stop` turns true; restore what adapt mode changed.
@@ -128,11 +139,17 @@ pub async fn run(
         humantime::format_duration(cfg.follow_up_delay),
         humantime::format_duration(cfg.poll_interval),
     );
+    let (rules_tx, rules_rx) = watch::channel(cfg.rules);
+    let prober = cfg
+        .reflector
+        .clone()
+        .map(|target| tokio::spawn(probe_loop(target, rules_tx, metrics.clone())));
     let mut tasks = tokio::task::JoinSet::new();
     for name in &cfg.interfaces {
         let task = iface::IfaceTask::new(
             name.clone(),
             cfg.clone(),
+            rules_rx.clone(),
             metrics.clone(),
             clock,
             connector.clone(),
@@ -143,11 +160,75 @@ pub async fn run(
     while let Some(r) = tasks.join_next().await {
         r.context("interface task")?;
     }
+    if let Some(p) = prober {
+        p.abort();
+    }
     Ok(())
+}
+
+/// `--reflector`: probe now and every [`REPROBE_EVERY`](crate::probe_cmd::REPROBE_EVERY) (an hour
+/// after a failure); publish the measured timeouts and hand them to the interface tasks.
+async fn probe_loop(
+    target: ReflectorTarget,
+    rules: watch::Sender<wgkeep_probe::middlebox::Rules>,
+    metrics: Arc<Metrics>,
+) {
+    use wgkeep_probe::planner::PlannerConfig;
+    loop {
+        let mut config = PlannerConfig::new(target.addr.clone());
+        config.key = target.key.clone();
+        tracing::info!(
+            "probing the NAT against {} (takes about 1.25 x its stream timeout)",
+            target.addr
+        );
+        let result = async {
+            let addr = crate::probe_cmd::resolve(&target.addr).await?;
+            let report = wgkeep_probe::driver::run_probe(config, addr, |_| {}).await?;
+            let profile = crate::probe_json::profile_from_str(&report.to_json_pretty())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::Ok((report, profile))
+        }
+        .await;
+        let wait = match result {
+            Ok((report, profile)) => {
+                tracing::info!(
+                    "probe: handshake {}, stream {}, grace {}; using these from now on",
+                    fmt_bracket(report.handshake.as_ref()),
+                    fmt_bracket(report.stream.as_ref()),
+                    fmt_bracket(report.grace.as_ref()),
+                );
+                metrics.set_nat(&profile.rules);
+                let _ = rules.send(profile.rules);
+                crate::probe_cmd::REPROBE_EVERY
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "probe against {} failed: {e:#}; trying again in an hour",
+                    target.addr
+                );
+                Duration::from_secs(3600)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn fmt_bracket(b: Option<&wgkeep_probe::report::Bracket>) -> String {
+    match b {
+        Some(b) => b.describe("T"),
+        None => "not measured".to_string(),
+    }
 }
 
 /// Turn SIGTERM or SIGINT into `stop`.
 pub async fn stop_on_signal(stop: watch::Sender<bool>) -> anyhow::Result<()> {
+    wait_for_signal().await?;
+    let _ = stop.send(true);
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -156,7 +237,6 @@ pub async fn stop_on_signal(stop: watch::Sender<bool>) -> anyhow::Result<()> {
         _ = int.recv() => {},
     }
     tracing::info!("stopping");
-    let _ = stop.send(true);
     Ok(())
 }
 

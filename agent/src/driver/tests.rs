@@ -163,6 +163,7 @@ fn config(ifaces: &[&str], mode: Mode, state_dir: &std::path::Path) -> AgentConf
         metrics_listen: None,
         state_dir: state_dir.to_owned(),
         device_timeout: Duration::from_millis(200),
+        reflector: None,
     }
 }
 
