@@ -28,7 +28,7 @@ pub enum DriverError {
     Probe(#[from] ProbeError),
     /// A socket could not be opened.
     #[error(
-        "could not open probe socket number {count}: {source}. Raise the open-files limit \
+        "could not open probe socket number {count}; raise the open-files limit \
          (`ulimit -n`, systemd LimitNOFILE=) or lower --max-sockets"
     )]
     SocketLimit {

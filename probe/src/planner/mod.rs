@@ -621,7 +621,6 @@ impl Planner {
         let QState::Ready { idle_since } = q.state else {
             return;
         };
-        let _ = now;
         q.state = QState::Scheduled {
             idle_since,
             check,
@@ -838,7 +837,7 @@ impl Planner {
                 }
             }
         }
-        self.drive_grace(now, start);
+        self.drive_grace(now);
         self.drive_refresh(now);
         if self.responses == 0
             && now.saturating_since(start) > self.response_timeout() * 3
@@ -865,13 +864,12 @@ impl Planner {
         }
     }
 
-    fn drive_grace(&mut self, now: Time, start: Time) {
+    fn drive_grace(&mut self, now: Time) {
         if self.grace.is_empty() {
             return;
         }
         if !self.grace_started {
             self.grace_started = true;
-            let _ = start;
             for i in 0..GRACE_POINTS {
                 self.open(now, Owner::Grace(i));
             }
