@@ -97,7 +97,9 @@ pub async fn reflect_command(
         limits: Limits::default(),
     };
     let handle: Arc<Mutex<Option<ReflectorHandle>>> = Arc::default();
-    let listener = match metrics_listen {
+    // Bound now (an error is reported before anything runs), served only once the UDP socket is
+    // bound: /healthz answering means the reflector is ready.
+    let mut listener = match metrics_listen {
         Some(addr) => Some(
             crate::metrics::bind(addr)
                 .await
@@ -105,23 +107,6 @@ pub async fn reflect_command(
         ),
         None => None,
     };
-    if let Some(listener) = listener {
-        tracing::info!(
-            "serving /metrics and /healthz on http://{}",
-            listener.local_addr()?
-        );
-        let h = handle.clone();
-        let render = move || {
-            let stats = h
-                .lock()
-                .expect("handle lock")
-                .as_ref()
-                .map(|h| h.stats())
-                .unwrap_or_default();
-            render_reflector_metrics(&stats)
-        };
-        tokio::spawn(crate::metrics::serve_fn(listener, Arc::new(render)));
-    }
     let stop = async {
         let _ = crate::driver::wait_for_signal().await;
     };
@@ -140,6 +125,22 @@ pub async fn reflect_command(
                 }
             );
             *handle.lock().expect("handle lock") = Some(h);
+            if let Some(listener) = listener.take() {
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!("serving /metrics and /healthz on http://{addr}");
+                }
+                let h = handle.clone();
+                let render = move || {
+                    let stats = h
+                        .lock()
+                        .expect("handle lock")
+                        .as_ref()
+                        .map(|h| h.stats())
+                        .unwrap_or_default();
+                    render_reflector_metrics(&stats)
+                };
+                tokio::spawn(crate::metrics::serve_fn(listener, Arc::new(render)));
+            }
         },
         stop,
     )

@@ -46,6 +46,17 @@ pub enum DriverError {
         /// The reflector's address.
         reflector: SocketAddr,
     },
+    /// The reflector answered at first, then its port closed.
+    #[error(
+        "the reflector at {reflector} stopped after {after_s} s (its host now answers \"port \
+         unreachable\"): was `wgkeep reflect` stopped or restarted? Probe again once it runs"
+    )]
+    ReflectorStopped {
+        /// The reflector's address.
+        reflector: SocketAddr,
+        /// Seconds into the probe.
+        after_s: u64,
+    },
     /// Any other socket error.
     #[error("probe socket: {0}")]
     Io(#[from] io::Error),
@@ -132,7 +143,7 @@ pub async fn run_probe(
                 // the planner treats it like loss on the path.
                 if let Err(e) = sock.send(&t.payload).await {
                     if t.socket == CONTROL && e.kind() == io::ErrorKind::ConnectionRefused {
-                        return Err(DriverError::PortUnreachable { reflector });
+                        return Err(refused(&planner, reflector, origin));
                     }
                 }
             }
@@ -150,7 +161,7 @@ pub async fn run_probe(
                 match r {
                     Ok(data) => planner.handle_input(since(origin, at), id, &data),
                     Err(e) if id == CONTROL && e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return Err(DriverError::PortUnreachable { reflector });
+                        return Err(refused(&planner, reflector, origin));
                     }
                     // An ICMP error on a probe socket: its entry is gone anyway.
                     Err(_) => {}
@@ -170,4 +181,16 @@ pub async fn run_probe(
         return Err(e.clone().into());
     }
     Ok(planner.report(now))
+}
+
+/// "Port unreachable" on the control socket: never there, or gone since.
+fn refused(planner: &Planner, reflector: SocketAddr, origin: Instant) -> DriverError {
+    if planner.connected() {
+        DriverError::ReflectorStopped {
+            reflector,
+            after_s: origin.elapsed().as_secs(),
+        }
+    } else {
+        DriverError::PortUnreachable { reflector }
+    }
 }

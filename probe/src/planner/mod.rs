@@ -347,6 +347,11 @@ impl Planner {
         self.finished.is_some() || matches!(self.phase, Phase::Failed)
     }
 
+    /// Whether the reflector has answered (the probe got past connecting).
+    pub fn connected(&self) -> bool {
+        self.start.is_some()
+    }
+
     /// Why the probe failed, if it did.
     pub fn error(&self) -> Option<&ProbeError> {
         self.error.as_ref()
