@@ -42,6 +42,12 @@ pub enum Command {
     /// Answer probes: run on the far side of the NAT (e.g. the WireGuard server).
     #[command(after_help = REFLECT_EXAMPLES)]
     Reflect(ReflectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = wgkeep_agent::docs_cmd::COMPLETIONS_EXAMPLES)]
+    Completions(wgkeep_agent::docs_cmd::CompletionsArgs),
+    /// Print the man page, or write one page per subcommand with --dir.
+    #[command(after_help = wgkeep_agent::docs_cmd::MAN_EXAMPLES)]
+    Man(wgkeep_agent::docs_cmd::ManArgs),
 }
 
 const PROBE_EXAMPLES: &str = "\

@@ -5,6 +5,7 @@
 //! - [`lab`]: two boringtun peers through the conntrack model, in virtual time.
 
 pub mod clock;
+pub mod docs_cmd;
 pub mod driver;
 pub mod keeper;
 pub mod lab;

@@ -89,6 +89,12 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 args.metrics_listen.0,
             ))?;
         }
+        Command::Completions(args) => {
+            wgkeep_agent::docs_cmd::completions(Cli::command(), &args, &mut std::io::stdout())?;
+        }
+        Command::Man(args) => {
+            wgkeep_agent::docs_cmd::man(Cli::command(), &args, &mut std::io::stdout())?;
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! unwinding from a failed assertion); namespaces left by a killed test process are removed by the
 //! next [`NetLab::new`].
 
+pub mod deploy;
 mod netns;
 
 use std::collections::BTreeMap;
