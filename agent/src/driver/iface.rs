@@ -323,11 +323,11 @@ impl IfaceTask {
             })
             .await;
         match read {
-            Some((info, Ok(()))) => {
+            Some((mut info, Ok(()))) => {
                 self.last_error = None;
                 if self.restore_pending {
                     self.restore_pending = false;
-                    self.restore_leftovers(&info).await;
+                    self.restore_leftovers(&mut info).await;
                 }
                 self.on_info(&info).await;
                 self.spare = Some(info);
@@ -646,7 +646,11 @@ impl IfaceTask {
 
     /// Put back what a previous agent (crashed, or this one before the interface went away) left
     /// changed: only where the value is still the one wgkeep set.
-    async fn restore_leftovers(&mut self, info: &DeviceInfo) {
+    ///
+    /// `info` is the poll this runs in; it is updated to the restored values, because the same
+    /// poll goes on to the keepers, and a first-sight follow-up toggles the keepalive to what it
+    /// read (writing the stale adapted value back would lose the user's for good).
+    async fn restore_leftovers(&mut self, info: &mut DeviceInfo) {
         let saved = match self.state.load(&self.name) {
             Ok(Some(s)) => s,
             Ok(None) => return,
@@ -655,7 +659,15 @@ impl IfaceTask {
                 return;
             }
         };
-        if self.restore(&saved, info).await {
+        let (restored, done) = self.restore(&saved, info).await;
+        for p in info.peers.iter_mut() {
+            if restored.contains(&p.public_key) {
+                if let Some(change) = saved.peers.get(&p.public_key.to_base64()) {
+                    p.persistent_keepalive = change.original;
+                }
+            }
+        }
+        if done {
             self.saved.peers.clear();
             if let Err(e) = self.state.remove(&self.name) {
                 self.warn_once("state", format!("cannot remove the state file: {e}"));
@@ -663,8 +675,8 @@ impl IfaceTask {
         }
     }
 
-    /// Restore `saved` on the device; true when nothing is left to do.
-    async fn restore(&mut self, saved: &Saved, info: &DeviceInfo) -> bool {
+    /// Restore `saved` on the device: the peers set back, and whether nothing is left to do.
+    async fn restore(&mut self, saved: &Saved, info: &DeviceInfo) -> (Vec<Key>, bool) {
         let mut todo = Vec::new();
         for p in &info.peers {
             let Some(change) = saved.peers.get(&p.public_key.to_base64()) else {
@@ -675,24 +687,31 @@ impl IfaceTask {
             }
         }
         if todo.is_empty() {
-            return true;
+            return (Vec::new(), true);
         }
-        let results = self
+        let Some(results) = self
             .blocking(move |d| {
                 todo.into_iter()
                     .map(|(k, v)| (k, v, d.set_keepalive(&k, v)))
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_default();
+        else {
+            // Not attached: nothing was written, the record stays.
+            return (Vec::new(), false);
+        };
         let mut ok = true;
+        let mut restored = Vec::new();
         for (key, value, r) in results {
             match r {
-                Ok(()) => tracing::info!(
-                    "{}: restored PersistentKeepalive of {key} to {}",
-                    self.name,
-                    value.map_or_else(|| "off".to_owned(), |v| format!("{v} s"))
-                ),
+                Ok(()) => {
+                    restored.push(key);
+                    tracing::info!(
+                        "{}: restored PersistentKeepalive of {key} to {}",
+                        self.name,
+                        value.map_or_else(|| "off".to_owned(), |v| format!("{v} s"))
+                    )
+                }
                 Err(e) => {
                     ok = false;
                     tracing::warn!(
@@ -702,7 +721,7 @@ impl IfaceTask {
                 }
             }
         }
-        ok
+        (restored, ok)
     }
 
     async fn shutdown(&mut self) {
@@ -711,14 +730,23 @@ impl IfaceTask {
         }
         let info = match self.blocking(|d| d.get()).await {
             Some(Ok(info)) => info,
-            // The interface is gone: so are the values wgkeep set.
-            _ => {
+            // The interface is gone (or was never attached): so are the values wgkeep set.
+            None | Some(Err(WgError::NotFound(_))) => {
                 let _ = self.state.remove(&self.name);
+                return;
+            }
+            // It exists but does not answer (a hung wireguard-go): keep the record, so that the
+            // next start restores what this one cannot.
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "{}: cannot restore PersistentKeepalive now ({e}); the state file stays for the next start",
+                    self.name
+                );
                 return;
             }
         };
         let saved = self.saved.clone();
-        if self.restore(&saved, &info).await {
+        if self.restore(&saved, &info).await.1 {
             if let Err(e) = self.state.remove(&self.name) {
                 tracing::warn!("{}: cannot remove the state file: {e}", self.name);
             }

@@ -78,6 +78,8 @@ impl Device for FakeDevice {
             i.kicks.push((*peer, current));
             if let Some(p) = i.peers.iter_mut().find(|p| p.public_key == *peer) {
                 p.tx_bytes += 32;
+                // The toggle ends on the value it was given, like the real set transaction.
+                p.persistent_keepalive = current;
             }
             Ok(())
         })
@@ -403,5 +405,66 @@ async fn a_hung_interface_does_not_stall_the_others() {
     handshake(&world, "wgt8", 2);
     sleep_ms(700).await;
     assert_eq!(world.with("wgt8", |i| i.kicks.len()), 1);
+    agent.stop().await;
+}
+
+/// A restart after `kill -9` restores the user's value and then follows up the recent handshake:
+/// the follow-up must toggle back to the restored value, not to the adapted one it read before.
+#[tokio::test]
+async fn a_restart_after_a_crash_does_not_write_the_adapted_value_back() {
+    let world = World::default();
+    world.present("wgt9", vec![peer(1, Some(150))]);
+    let dir = temp_dir("crash-kick");
+    let agent = start(config(&["wgt9"], Mode::Adapt, &dir), &world);
+    sleep_ms(300).await;
+    assert_eq!(
+        world.with("wgt9", |i| i.peers[0].persistent_keepalive),
+        Some(37)
+    );
+    agent.task.abort();
+    let _ = agent.task.await;
+    // A handshake the next agent sees first: a second old, so its follow-up is due at once (in
+    // the very poll that restores), yet young enough to follow up.
+    handshake(&world, "wgt9", 1);
+    world.with("wgt9", |i| {
+        i.peers[0].last_handshake = Some(SystemTime::now() - Duration::from_secs(1));
+    });
+    let agent = start(config(&["wgt9"], Mode::FollowUp, &dir), &world);
+    sleep_ms(700).await;
+    world.with("wgt9", |i| {
+        assert_eq!(i.peers[0].persistent_keepalive, Some(150), "{i:?}");
+        assert_eq!(i.kicks.last(), Some(&(key(1), Some(150))), "{i:?}");
+    });
+    assert!(!dir.join("wgt9.json").exists());
+    agent.stop().await;
+    assert_eq!(
+        world.with("wgt9", |i| i.peers[0].persistent_keepalive),
+        Some(150)
+    );
+}
+
+/// SIGTERM while the device does not answer: the record stays for the next start.
+#[tokio::test]
+async fn a_hung_device_at_shutdown_keeps_the_record() {
+    let world = World::default();
+    world.present("wgt10", vec![peer(1, Some(150))]);
+    let dir = temp_dir("hung-stop");
+    let agent = start(config(&["wgt10"], Mode::Adapt, &dir), &world);
+    sleep_ms(300).await;
+    assert!(dir.join("wgt10.json").exists());
+    world.with("wgt10", |i| i.hang = true);
+    agent.stop().await;
+    assert!(
+        dir.join("wgt10.json").exists(),
+        "the record must survive a shutdown that could not restore"
+    );
+    world.with("wgt10", |i| i.hang = false);
+    let agent = start(config(&["wgt10"], Mode::Observe, &dir), &world);
+    sleep_ms(300).await;
+    assert_eq!(
+        world.with("wgt10", |i| i.peers[0].persistent_keepalive),
+        Some(150)
+    );
+    assert!(!dir.join("wgt10.json").exists());
     agent.stop().await;
 }
