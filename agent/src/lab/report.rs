@@ -22,7 +22,7 @@ pub fn render_human(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "NAT {}\nclient PersistentKeepalive {}, {} of virtual time, RTT {} ms{}\n",
+        "NAT {}\nclient PersistentKeepalive {}, {} of virtual time, RTT {} ms{}{}\n",
         c.profile,
         pk(c.keepalive),
         humantime::format_duration(c.duration),
@@ -32,9 +32,12 @@ pub fn render_human(report: &LabReport) -> String {
                 ", server sends data every {}",
                 humantime::format_duration(d)
             ))
+            .unwrap_or_default(),
+        c.random_traffic
+            .map(|seed| format!(", random traffic (seed {seed})"))
             .unwrap_or_default()
     );
-    let inbound = c.inbound_every.is_some();
+    let inbound = c.inbound_every.is_some() || c.random_traffic.is_some();
     let _ = write!(
         out,
         "{:<7} {:<7} {:>9} {:>13}",
@@ -132,6 +135,7 @@ pub fn render_json(report: &LabReport) -> String {
         "duration_s": c.duration.as_secs_f64(),
         "rtt_ms": c.rtt.as_secs_f64() * 1000.0,
         "inbound_every_s": c.inbound_every.map(|d| d.as_secs_f64()),
+        "random_traffic_seed": c.random_traffic,
         "runs": report.runs,
     });
     serde_json::to_string_pretty(&doc).expect("lab report serializes")

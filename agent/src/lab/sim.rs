@@ -7,7 +7,7 @@
 //! and reachability is integrated exactly.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use wgkeep_probe::middlebox::{Nat, NatEventKind};
 use wgkeep_probe::Time;
 
 use super::clock::VirtualClock;
-use super::{LabConfig, RunReport, TimelineEntry};
+use super::traffic::{self, Dir, RandomTraffic};
+use super::{LabConfig, Peaks, RunReport, TimelineEntry};
 use crate::keeper::{keepalive_advice, Action, Keeper, KeeperConfig, KeeperEvent, Side, Traffic};
 
 /// boringtun's device calls `update_timers` every 250 ms.
@@ -65,6 +66,10 @@ enum Event {
     AtNat { dst: SocketAddrV4, data: Vec<u8> },
     /// The server sends one data packet to the client (`--inbound-every`).
     Inbound,
+    /// One data packet of a random burst (`--random-traffic`), of `size` bytes inside the tunnel.
+    Data { dir: Dir, size: usize },
+    /// The next random burst starts.
+    Burst,
 }
 
 struct Peer {
@@ -87,18 +92,24 @@ fn describe(data: &[u8]) -> &'static str {
     }
 }
 
-/// A minimal IPv4/UDP packet from the server's tunnel address to the client's, carrying `seq`.
-fn inbound_packet(seq: u32) -> Vec<u8> {
-    let mut p = vec![0u8; 32];
+/// A minimal IPv4/UDP packet of `size` bytes (at least 32) to the discard port, carrying `seq`:
+/// server → client for [`Dir::Inbound`], client → server for [`Dir::Outbound`].
+fn data_packet(dir: Dir, seq: u32, size: usize) -> Vec<u8> {
+    let size = size.max(traffic::MIN_SIZE);
+    let (src, dst) = match dir {
+        Dir::Inbound => (SERVER_TUNNEL_IP, CLIENT_TUNNEL_IP),
+        Dir::Outbound => (CLIENT_TUNNEL_IP, SERVER_TUNNEL_IP),
+    };
+    let mut p = vec![0u8; size];
     p[0] = 0x45;
-    p[2..4].copy_from_slice(&32u16.to_be_bytes());
+    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
     p[8] = 64;
     p[9] = 17;
-    p[12..16].copy_from_slice(&SERVER_TUNNEL_IP.octets());
-    p[16..20].copy_from_slice(&CLIENT_TUNNEL_IP.octets());
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
     p[20..22].copy_from_slice(&9u16.to_be_bytes());
     p[22..24].copy_from_slice(&9u16.to_be_bytes());
-    p[24..26].copy_from_slice(&12u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
     p[28..32].copy_from_slice(&seq.to_be_bytes());
     p
 }
@@ -111,8 +122,10 @@ fn to_network(r: TunnResult<'_>) -> Option<Vec<u8>> {
     }
 }
 
-fn inbound_seq(p: &[u8]) -> Option<u32> {
-    (p.len() == 32 && p[9] == 17).then(|| u32::from_be_bytes([p[28], p[29], p[30], p[31]]))
+/// The sequence number of one of the lab's data packets (UDP to port 9).
+fn data_seq(p: &[u8]) -> Option<u32> {
+    (p.len() >= traffic::MIN_SIZE && p[9] == 17 && p[22..24] == 9u16.to_be_bytes())
+        .then(|| u32::from_be_bytes([p[28], p[29], p[30], p[31]]))
 }
 
 struct Sim<'a> {
@@ -128,9 +141,20 @@ struct Sim<'a> {
     endpoint: Option<SocketAddrV4>,
     first_handshake: Option<Time>,
     reachable: Duration,
-    inbound_sent: Vec<Time>,
+    inbound_sent: u64,
+    /// Inbound packets sent within the last DELIVERY_WINDOW, oldest first: one that arrives and
+    /// is no longer here is late. Bounded by the send rate, whatever the duration.
+    inbound_recent: VecDeque<(u32, Time)>,
     inbound_delivered: u64,
     inbound_late: u64,
+    inbound_rejected: u64,
+    outbound_sent: u64,
+    outbound_delivered: u64,
+    outbound_rejected: u64,
+    client_received: u64,
+    random: Option<RandomTraffic>,
+    burst: Vec<traffic::Packet>,
+    peak: Peaks,
     timeline: Vec<TimelineEntry>,
     buf: Vec<u8>,
 }
@@ -182,9 +206,18 @@ pub fn run(cfg: &LabConfig, keeper_side: Option<Side>) -> RunReport {
         endpoint: None,
         first_handshake: None,
         reachable: Duration::ZERO,
-        inbound_sent: Vec::new(),
+        inbound_sent: 0,
+        inbound_recent: VecDeque::new(),
         inbound_delivered: 0,
         inbound_late: 0,
+        inbound_rejected: 0,
+        outbound_sent: 0,
+        outbound_delivered: 0,
+        outbound_rejected: 0,
+        client_received: 0,
+        random: cfg.random_traffic.map(RandomTraffic::new),
+        burst: Vec::new(),
+        peak: Peaks::default(),
         timeline: Vec::new(),
         buf: vec![0u8; BUF],
     };
@@ -210,17 +243,27 @@ pub fn run(cfg: &LabConfig, keeper_side: Option<Side>) -> RunReport {
             sim.reachable.as_secs_f64() / observed.as_secs_f64()
         },
         first_handshake_s: sim.first_handshake.map(Time::as_secs_f64),
-        inbound_sent: sim.inbound_sent.len() as u64,
+        inbound_sent: sim.inbound_sent,
         inbound_delivered: sim.inbound_delivered,
         inbound_late: sim.inbound_late,
+        inbound_rejected: sim.inbound_rejected,
+        outbound_sent: sim.outbound_sent,
+        outbound_delivered: sim.outbound_delivered,
+        outbound_rejected: sim.outbound_rejected,
         packets,
         bytes,
         packets_per_hour: packets as f64 / duration_h,
         bytes_per_hour: bytes as f64 / duration_h,
+        client_packets: sim.client.packets,
+        client_bytes: sim.client.bytes,
+        client_received: sim.client_received,
+        client_packets_per_hour: sim.client.packets as f64 / duration_h,
+        client_bytes_per_hour: sim.client.bytes as f64 / duration_h,
         nat_entries_created: sim.nat.stats().created,
         nat_dropped_inbound: sim.nat.stats().dropped_inbound,
         handshakes: sim.client.handshakes,
         keeper_stats,
+        peak: sim.peak,
         timeline: sim.timeline,
     }
 }
@@ -271,6 +314,10 @@ impl Sim<'_> {
             }
             self.clock.advance_to(next);
             self.step();
+            self.peak.event_queue = self.peak.event_queue.max(self.queue.len());
+            self.peak.nat_entries = self.peak.nat_entries.max(self.nat.len());
+            self.peak.inbound_in_flight =
+                self.peak.inbound_in_flight.max(self.inbound_recent.len());
         }
         self.drain_nat_events();
     }
@@ -339,18 +386,62 @@ impl Sim<'_> {
                 }
             },
             Event::Inbound => {
-                let seq = self.inbound_sent.len() as u32;
-                self.inbound_sent.push(now);
-                let packet = inbound_packet(seq);
-                if let Some(p) = self.with_tunn(Role::Server, |t, buf| {
-                    to_network(t.encapsulate(&packet, buf))
-                }) {
-                    self.transmit(Role::Server, p);
-                }
+                self.send_data(Dir::Inbound, traffic::MIN_SIZE);
                 if let Some(every) = self.cfg.inbound_every {
                     self.schedule(now + every, Event::Inbound);
                 }
             }
+            Event::Data { dir, size } => self.send_data(dir, size),
+            Event::Burst => {
+                let Some(random) = self.random.as_mut() else {
+                    return;
+                };
+                random.burst(&mut self.burst);
+                let mut last = now;
+                for i in 0..self.burst.len() {
+                    let traffic::Packet { after, dir, size } = self.burst[i];
+                    last = now + after;
+                    self.schedule(last, Event::Data { dir, size });
+                }
+                let gap = self
+                    .random
+                    .as_mut()
+                    .map_or(Duration::ZERO, RandomTraffic::gap);
+                self.schedule(last + gap, Event::Burst);
+            }
+        }
+    }
+
+    /// The server (inbound) or the client (outbound) sends one data packet into the tunnel.
+    fn send_data(&mut self, dir: Dir, size: usize) {
+        let now = self.now();
+        let (role, seq) = match dir {
+            Dir::Inbound => {
+                let seq = self.inbound_sent as u32;
+                self.inbound_sent += 1;
+                self.forget_old_inbound(now);
+                self.inbound_recent.push_back((seq, now));
+                (Role::Server, seq)
+            }
+            Dir::Outbound => {
+                let seq = self.outbound_sent as u32;
+                self.outbound_sent += 1;
+                (Role::Client, seq)
+            }
+        };
+        let packet = data_packet(dir, seq, size);
+        if let Some(p) = self.with_tunn(role, |t, buf| to_network(t.encapsulate(&packet, buf))) {
+            self.transmit(role, p);
+        }
+    }
+
+    /// Inbound packets sent more than DELIVERY_WINDOW ago count as late when they arrive.
+    fn forget_old_inbound(&mut self, now: Time) {
+        while let Some(&(_, sent)) = self.inbound_recent.front() {
+            if now - sent <= DELIVERY_WINDOW {
+                break;
+            }
+            self.inbound_recent.pop_front();
         }
     }
 
@@ -416,6 +507,9 @@ impl Sim<'_> {
     /// A datagram reaches `role`'s WireGuard.
     fn receive(&mut self, role: Role, src: SocketAddrV4, data: Vec<u8>) {
         let now = self.now();
+        if role == Role::Client {
+            self.client_received += 1;
+        }
         if let Some(k) = self.peer(role).keeper.as_mut() {
             k.observe(now, Traffic::Received);
         }
@@ -439,7 +533,7 @@ impl Sim<'_> {
                     }
                     TunnResult::WriteToTunnelV4(p, _) => {
                         ok = true;
-                        delivered = inbound_seq(p);
+                        delivered = data_seq(p);
                         break;
                     }
                     TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
@@ -450,20 +544,47 @@ impl Sim<'_> {
                 }
             }
         }
+        // Keepalives are 32 B; anything longer of type 4 is one of the lab's data packets.
+        if !ok && kind == Some(4) && data.len() > 32 {
+            let what = match role {
+                Role::Client => {
+                    self.inbound_rejected += 1;
+                    "inbound"
+                }
+                Role::Server => {
+                    self.outbound_rejected += 1;
+                    "outbound"
+                }
+            };
+            self.note(
+                role.name(),
+                format!("WireGuard rejected {what} data (no valid session)"),
+                Some(data.len()),
+            );
+        }
         if ok && role == Role::Server {
             if self.endpoint != Some(src) {
                 self.note("server", format!("client endpoint is now {src}"), None);
             }
             self.endpoint = Some(src);
         }
-        if let Some(seq) = delivered.filter(|_| role == Role::Client) {
-            let sent = self.inbound_sent.get(seq as usize).copied().unwrap_or(now);
-            if now - sent <= DELIVERY_WINDOW {
-                self.inbound_delivered += 1;
-            } else {
-                self.inbound_late += 1;
+        match (role, delivered) {
+            (Role::Client, Some(seq)) => {
+                self.forget_old_inbound(now);
+                match self.inbound_recent.iter().position(|&(s, _)| s == seq) {
+                    Some(i) => {
+                        self.inbound_recent.remove(i);
+                        self.inbound_delivered += 1;
+                    }
+                    None => self.inbound_late += 1,
+                }
+                self.note("client", format!("received inbound data #{seq}"), None);
             }
-            self.note("client", format!("received inbound data #{seq}"), None);
+            (Role::Server, Some(seq)) => {
+                self.outbound_delivered += 1;
+                self.note("server", format!("received outbound data #{seq}"), None);
+            }
+            _ => {}
         }
         // The initiator's handshake is complete when the response authenticates.
         if ok && kind == Some(2) {
@@ -480,6 +601,10 @@ impl Sim<'_> {
             self.first_handshake = Some(now);
             if let Some(every) = self.cfg.inbound_every {
                 self.schedule(now + every, Event::Inbound);
+            }
+            if let Some(random) = self.random.as_mut() {
+                let gap = random.gap();
+                self.schedule(now + gap, Event::Burst);
             }
         }
         let peer = self.peer(role);
