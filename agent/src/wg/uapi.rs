@@ -767,6 +767,42 @@ pub fn parse_get_into(
     parser.finish(wall_now)
 }
 
+/// For the fuzz target `uapi_reply` (`fuzz/`), not a stable API: what [`UapiClient::get_into`]
+/// makes of `reply` when it arrives in reads of `sizes` bytes (cycled; 0 counts as 1) into a
+/// line buffer of initially `buffer` bytes (at least 1), without a socket. The verdict, and how
+/// many bytes were read (a complete reply ends the reading, as on the socket).
+#[doc(hidden)]
+pub fn parse_get_in_reads(
+    reply: &[u8],
+    sizes: &[usize],
+    buffer: usize,
+    iface: &str,
+    wall_now: SystemTime,
+    info: &mut DeviceInfo,
+) -> (Result<(), WgError>, usize) {
+    let mut parser = GetParser::new(iface, info);
+    let mut reader = LineReader {
+        buf: vec![0; buffer.max(1)],
+        start: 0,
+        parser: &mut parser,
+    };
+    let mut sizes = sizes.iter().cycle();
+    let mut read = 0;
+    while read < reply.len() {
+        let size = sizes.next().map_or(usize::MAX, |&s| s.max(1));
+        let space = reader.space();
+        let n = size.min(space.len()).min(reply.len() - read);
+        space[..n].copy_from_slice(&reply[read..read + n]);
+        read += n;
+        if reader.filled(n) {
+            break;
+        }
+    }
+    let (buf, start) = (reader.buf, reader.start);
+    parser.feed_tail(&buf[..start]);
+    (parser.finish(wall_now), read)
+}
+
 fn peer_section(out: &mut String, peer: &Key, keepalive: u16) {
     out.push_str("public_key=");
     out.push_str(&peer.to_hex());

@@ -169,6 +169,10 @@ pub(super) fn ext_ack_message(m: &NlMsg<'_>) -> Option<String> {
     } else {
         u32::from_ne_bytes([inner[0], inner[1], inner[2], inner[3]]) as usize
     };
+    // A length beyond the payload has no TLVs after it (and must not overflow on 32-bit).
+    if inner_len > m.payload.len() {
+        return None;
+    }
     let tlvs = m.payload.get(4 + align4(inner_len)..)?;
     for a in attrs(tlvs) {
         let a = a.ok()?;
