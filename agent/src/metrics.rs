@@ -44,7 +44,14 @@ pub struct PeerMetrics {
     /// Whether the peer is on an attached interface: the gauges are shown only then; the
     /// counters always (they survive an interface restart).
     pub present: AtomicBool,
+    /// Non-zero once the peer was removed (the removal's sequence number): nothing is shown,
+    /// but the counters are kept a while, so a peer that comes back (a `wg-quick down` seen
+    /// half-way, `wg syncconf`) continues its counters instead of restarting them at zero.
+    pub removed: AtomicU64,
 }
+
+/// Removed peers whose counters are kept for a return; beyond it the oldest go.
+pub const KEEP_REMOVED: usize = 1024;
 
 impl PeerMetrics {
     /// Count a follow-up sent with `method` (a [`METHODS`] entry).
@@ -69,6 +76,8 @@ type PeerMap = BTreeMap<(String, String), Arc<PeerMetrics>>;
 pub struct Metrics {
     registry: Registry,
     peers: RwLock<PeerMap>,
+    /// Removals so far (orders the removed peers kept).
+    removals: AtomicU64,
     /// `wgkeep_nat_timeout_seconds{kind}`.
     pub nat_timeout: prometheus::GaugeVec,
     /// `wgkeep_interface_up{interface}`: 1 while the interface is attached.
@@ -113,6 +122,7 @@ impl Metrics {
         Metrics {
             registry,
             peers: RwLock::new(BTreeMap::new()),
+            removals: AtomicU64::new(0),
             nat_timeout,
             interface_up,
         }
@@ -144,14 +154,33 @@ impl Metrics {
                 .or_default()
                 .clone()
         };
+        m.removed.store(0, Ordering::Relaxed);
         m.present.store(true, Ordering::Relaxed);
         m
     }
 
-    /// The peer was removed from the interface: drop its series.
+    /// The peer was removed from the interface: its series disappear (the counters are kept
+    /// for [`KEEP_REMOVED`] removals, should it come back).
     pub fn remove_peer(&self, iface: &str, key: &str) {
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        peers.remove(&(iface.to_owned(), key.to_owned()));
+        let Some(m) = peers.get(&(iface.to_owned(), key.to_owned())) else {
+            return;
+        };
+        let seq = self.removals.fetch_add(1, Ordering::Relaxed) + 1;
+        m.present.store(false, Ordering::Relaxed);
+        m.removed.store(seq, Ordering::Relaxed);
+        let removed = peers
+            .values()
+            .filter(|m| m.removed.load(Ordering::Relaxed) != 0)
+            .count();
+        if removed > KEEP_REMOVED {
+            // Forget the oldest removals (rare: only under heavy churn).
+            let cutoff = seq - KEEP_REMOVED as u64;
+            peers.retain(|_, m| {
+                let r = m.removed.load(Ordering::Relaxed);
+                r == 0 || r > cutoff
+            });
+        }
     }
 
     /// The interface went away: hide its peers' gauges, keep their counters.
@@ -179,6 +208,9 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let (label, values) = extra.unwrap_or(("", &[""]));
             for ((iface, key), m) in peers.iter() {
+                if m.removed.load(Ordering::Relaxed) != 0 {
+                    continue;
+                }
                 if gauge && !m.present.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -419,6 +451,24 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(escape("wg0"), "wg0");
+    }
+
+    #[test]
+    fn a_removed_peer_disappears_and_continues_its_counters_if_it_returns() {
+        let m = Metrics::new();
+        let p = m.peer("wg0", "k");
+        p.handshakes.fetch_add(3, Ordering::Relaxed);
+        m.remove_peer("wg0", "k");
+        assert!(!m.render().contains("public_key=\"k\""));
+        let p = m.peer("wg0", "k");
+        assert_eq!(p.handshakes.load(Ordering::Relaxed), 3);
+        assert!(m.render().contains("public_key=\"k\""));
+        // Heavy churn: only the newest removals are kept.
+        for i in 0..KEEP_REMOVED + 10 {
+            m.peer("wg0", &format!("c{i}"));
+            m.remove_peer("wg0", &format!("c{i}"));
+        }
+        assert!(m.peers.read().unwrap().len() <= KEEP_REMOVED + 1);
     }
 
     #[test]
