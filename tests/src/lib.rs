@@ -652,6 +652,25 @@ fn build_wgkeep() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Polls `f` every `every` until it returns `Some`, or `timeout` passed (the end-to-end tests'
+/// one waiting loop).
+pub fn wait_for_every<T>(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,17 +56,8 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or `timeout` passed.
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wgkeep_tests::wait_for_every(timeout, Duration::from_millis(100), f)
 }
 
 fn sleep_until(t: Instant) {
