@@ -1814,36 +1814,14 @@ mod tests {
         r
     }
 
-    /// `reply` through a [`LineReader`] in reads of `sizes` (cycled), as
-    /// [`UapiClient::get_into`] reads it: the verdict, and how much was read (a complete reply
-    /// ends the reading).
+    /// `reply` in reads of `sizes` (cycled) through a 16-byte line buffer, as
+    /// [`UapiClient::get_into`] reads it (see [`parse_get_in_reads`]).
     fn parse_in_reads(
         reply: &[u8],
         sizes: &[usize],
         info: &mut DeviceInfo,
     ) -> (Result<(), WgError>, usize) {
-        let mut parser = GetParser::new("wg9", info);
-        let mut reader = LineReader {
-            buf: vec![0; 16],
-            start: 0,
-            parser: &mut parser,
-        };
-        let mut read = 0;
-        for &size in sizes.iter().cycle() {
-            if read == reply.len() {
-                break;
-            }
-            let space = reader.space();
-            let n = size.min(space.len()).min(reply.len() - read);
-            space[..n].copy_from_slice(&reply[read..read + n]);
-            read += n;
-            if reader.filled(n) {
-                break;
-            }
-        }
-        let (buf, start) = (reader.buf, reader.start);
-        parser.feed_tail(&buf[..start]);
-        (parser.finish(at(1_795_559_224, 0)), read)
+        parse_get_in_reads(reply, sizes, 16, "wg9", at(1_795_559_224, 0), info)
     }
 
     #[test]
