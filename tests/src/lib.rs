@@ -315,6 +315,31 @@ impl NetLab {
             })
             .unwrap_or_default()
     }
+
+    /// Stops every process still running in the lab's namespaces (started by the test that owns
+    /// the lab): SIGCONT (a frozen process must be able to exit) and SIGTERM, then SIGKILL after
+    /// a second, for at most three seconds.
+    pub fn stop_all_processes(&self) {
+        for round in 0..30 {
+            let pids: Vec<u32> = [Ns::Client, Ns::Router, Ns::Server]
+                .iter()
+                .flat_map(|&ns| self.pids(ns))
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            let sig = if round < 10 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            for pid in pids {
+                let _ = netns::send_signal(pid, libc::SIGCONT);
+                let _ = netns::send_signal(pid, sig);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for NetLab {

@@ -511,24 +511,7 @@ impl Drop for Rig {
         }
         // Whatever still runs in our namespaces (a wireguard-go that did not exit, an agent
         // whose guard was leaked) was started by this test.
-        for round in 0..30 {
-            let pids: Vec<u32> = [Ns::Client, Ns::Router, Ns::Server]
-                .iter()
-                .flat_map(|&ns| self.lab.pids(ns))
-                .collect();
-            if pids.is_empty() {
-                break;
-            }
-            let sig = if round < 10 {
-                libc::SIGTERM
-            } else {
-                libc::SIGKILL
-            };
-            for pid in pids {
-                let _ = send_signal(pid, sig);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.lab.stop_all_processes();
         for side in [Side::Client, Side::Server] {
             let _ = fs::remove_file(socket_path(self.iface(side)));
         }

@@ -323,25 +323,7 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        for round in 0..30 {
-            let pids: Vec<u32> = [Ns::Client, Ns::Router, Ns::Server]
-                .iter()
-                .flat_map(|&ns| self.lab.pids(ns))
-                .collect();
-            if pids.is_empty() {
-                break;
-            }
-            let sig = if round < 10 {
-                libc::SIGTERM
-            } else {
-                libc::SIGKILL
-            };
-            for pid in pids {
-                let _ = send_signal(pid, libc::SIGCONT);
-                let _ = send_signal(pid, sig);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.lab.stop_all_processes();
         for iface in &self.ifaces {
             let _ = fs::remove_file(socket_path(iface));
         }
